@@ -1,0 +1,148 @@
+"""Stage 1: turn whatever stage 0 wrote into a dir every later stage can trust.
+
+Like Kaldi's fix_data_dir.sh followed by validate_data_dir.sh, but nothing is
+dropped silently: each utterance that cannot be kept is listed in the dir's
+``rejected`` file with the reason (duplicate id, unknown label, unreadable or
+empty audio, too long ...), and the run goes on with the rest.
+
+Audio that is not already 16 kHz mono WAV/FLAC (or is a pipe or a segment of a
+longer recording) is converted once into ``<dump_root>/audio/<set>/`` so that
+every later stage reads plain 16 kHz files.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Mapping
+
+from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio, write_wav
+from local.data.kaldi import REQUIRED, DataDir, DataDirError, format_dist, parse_dist
+from local.data.labels import harmonise
+
+log = logging.getLogger(__name__)
+
+
+def _is_ready(spec: str) -> bool:
+    """A plain 16 kHz mono WAV/FLAC file that later stages can read as is."""
+    if spec.endswith("|") or Path(spec).suffix.lower() not in (".wav", ".flac"):
+        return False
+    try:
+        sr, channels, _ = audio_info(spec)
+    except Exception:
+        return False  # read_audio will say why
+    return sr == SAMPLE_RATE and channels == 1
+
+
+def _check_audio(job: tuple[str, str, tuple[float, float | None] | None, str]
+                 ) -> tuple[str, str | None, float | None, str | None]:
+    """Read one utterance; convert it if needed.  Returns (utt, new_spec, dur, error)."""
+    utt, spec, segment, out_path = job
+    start, end = segment or (0.0, None)
+    try:
+        wav = read_audio(spec, utt=utt, start=start, end=end)
+    except AudioError as e:
+        return utt, None, None, str(e)
+    if segment is not None or not _is_ready(spec):
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        write_wav(out_path, wav)
+        spec = str(Path(out_path).resolve())
+    return utt, spec, len(wav) / SAMPLE_RATE, None
+
+
+def harmonise_labels(data: DataDir, label_map: Mapping[str, str | None]) -> None:
+    """Map utt2emo and utt2dist onto the core labels; unknown labels reject the utterance."""
+    for utt, label in list(data.tables.get("utt2emo", {}).items()):
+        core = harmonise(label, label_map)
+        if core is None:
+            data.reject(utt, f"unknown label '{label}' in utt2emo")
+        else:
+            data["utt2emo"][utt] = core
+    for utt, value in list(data.tables.get("utt2dist", {}).items()):
+        try:
+            dist = parse_dist(value)
+        except ValueError as e:
+            data.reject(utt, f"bad utt2dist entry: {e}")
+            continue
+        merged: Counter = Counter()
+        for label, p in dist.items():
+            core = harmonise(label, label_map)
+            if core is None:
+                data.reject(utt, f"unknown label '{label}' in utt2dist")
+                break
+            merged[core] += p
+        else:
+            total = sum(merged.values())
+            if total <= 0:
+                data.reject(utt, "utt2dist has no probability mass")
+            else:
+                data["utt2dist"][utt] = format_dist({k: v / total for k, v in merged.items()})
+
+
+def drop_inconsistent(data: DataDir) -> None:
+    """Reject utterances that some table lacks, and ids that no utt2spk line declares."""
+    for name in REQUIRED:
+        if name not in data:
+            raise DataDirError(name, None, "required file is missing")
+    utts = set(data["utt2spk"])
+    for name, table in list(data.tables.items()):
+        if name == "segments" or (name == "wav.scp" and "segments" in data):
+            continue
+        for utt in set(table) - utts:
+            data.reject(utt, f"in {name} but not in utt2spk")
+        for utt in utts - set(table):
+            if utt in data["utt2spk"]:
+                data.reject(utt, f"missing from {name}")
+    for utt, spk in data["utt2spk"].items():
+        if not utt.startswith(spk):
+            raise DataDirError("utt2spk", None, f"utterance id '{utt}' does not start with its speaker id "
+                               f"'{spk}'; make prepare.py prefix utterance ids with the speaker id")
+
+
+def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
+                    label_map: Mapping[str, str | None], min_dur: float, max_dur: float,
+                    nj: int = 1) -> DataDir:
+    """Repair, check and normalise one data dir; write it atomically to ``dst``."""
+    data = DataDir.load_lenient(src)
+    drop_inconsistent(data)
+    harmonise_labels(data, label_map)
+
+    segments = {}
+    if "segments" in data:
+        for utt, value in data["segments"].items():
+            reco, start, end = value.split()
+            segments[utt] = (reco, float(start), float(end))
+    jobs = []
+    for utt in data.utts:
+        if utt in segments:
+            reco, start, end = segments[utt]
+            if reco not in data["wav.scp"]:
+                data.reject(utt, f"segments names recording '{reco}', which is not in wav.scp")
+                continue
+            jobs.append((utt, data["wav.scp"][reco], (start, end), f"{audio_dir}/{utt}.wav"))
+        else:
+            jobs.append((utt, data["wav.scp"][utt], None, f"{audio_dir}/{utt}.wav"))
+    if nj > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(nj) as pool:
+            results = list(pool.map(_check_audio, jobs, chunksize=32))
+    else:
+        results = [_check_audio(job) for job in jobs]
+
+    wav_scp, utt2dur = {}, {}
+    for utt, spec, dur, error in results:
+        if error:
+            data.reject(utt, error)
+        elif dur < min_dur:
+            data.reject(utt, f"duration {dur:.2f} s is shorter than min_dur {min_dur} s")
+        elif dur > max_dur:
+            data.reject(utt, f"duration {dur:.2f} s is longer than max_dur {max_dur} s")
+        else:
+            wav_scp[utt], utt2dur[utt] = spec, f"{dur:.3f}"
+    data.tables.pop("segments", None)  # every segment is a file of its own now
+    data["wav.scp"] = {u: wav_scp[u] for u in data.utts}
+    data["utt2dur"] = {u: utt2dur[u] for u in data.utts}
+    if not len(data):
+        raise DataDirError(src, None, "no utterance survived formatting; see the reasons above")
+    data.save(dst)
+    return data

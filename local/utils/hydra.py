@@ -1,0 +1,51 @@
+"""Thin Hydra entry points that behave the same from run.sh, a shell and a test.
+
+Every ``local/bin`` stage is ``@entry_point def main(cfg)``: the function can be
+called with a composed config in a test (``main(cfg)``) or run as a script,
+where Hydra composes ``conf/config.yaml`` with the recipe's ``conf/`` (the
+current directory's, when it has one) on the search path.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _searchpath_override() -> list[str]:
+    recipe_conf = Path.cwd() / "conf"
+    if recipe_conf.is_dir() and recipe_conf.resolve() != CONF_DIR:
+        return [f"hydra.searchpath=[file://{recipe_conf.resolve()}]"]
+    return []
+
+
+def entry_point(fn):
+    """Turn ``fn(cfg)`` into a Hydra main that still accepts a config when called directly."""
+    import hydra
+
+    @functools.wraps(fn)
+    def wrapper(cfg: DictConfig | None = None):
+        if cfg is not None:
+            return fn(cfg)
+        if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
+            sys.argv[1:1] = _searchpath_override()
+        return hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(fn)()
+
+    return wrapper
+
+
+def compose(overrides: list[str] | None = None, recipe_conf: Path | str | None = None) -> DictConfig:
+    """Compose the config as a stage would see it (for tests and notebooks)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(overrides or [])
+    if recipe_conf is not None:
+        overrides.append(f"hydra.searchpath=[file://{Path(recipe_conf).resolve()}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=overrides)

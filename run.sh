@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# EmoReason: the staged pipeline shared by every recipe (in the style of ESPnet's asr.sh).
+#
+#   ./run.sh                          # installs if needed, then runs egs/mini_lime end to end
+#   ./run.sh --stop_stage 4           # data stages only
+#   cd egs/<corpus> && ./run.sh --stage 2 --stop_stage 3 --attributes_args "attributes.pitch_backend=crepe"
+#
+# Called from the top of the repository it hands over to egs/<corpus>/run.sh, so
+# the corpus' own options apply; that script calls this one back from the recipe
+# dir, where data/, dump/ and exp/ live.
+set -euo pipefail
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+main_root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+if [ -z "${EMOREASON_RECIPE:-}" ]; then
+  corpus=mini_lime
+  args=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --corpus) corpus=$2; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  if [ ! -x "${main_root}/egs/${corpus}/run.sh" ]; then
+    echo "$0: no recipe egs/${corpus}/run.sh (see README, 'Adding a corpus')" >&2
+    exit 1
+  fi
+  exec "${main_root}/egs/${corpus}/run.sh" ${args[@]+"${args[@]}"}
+fi
+
+# ---------------------------------------------------------------------------
+# Options (each can be given as --name value; see tools/parse_options.sh)
+# ---------------------------------------------------------------------------
+stage=0               # first stage to run
+stop_stage=10         # last stage to run
+skip_stages=""        # stages to skip, e.g. "3 5"
+force=false           # re-run stages even if they are marked done
+corpus=${EMOREASON_RECIPE}  # set by egs/<corpus>/run.sh
+system=c2ser          # c2ser | cogaudio | ambiguity | reasoning
+nj=2                  # parallel processes for the data stages
+ngpu=0                # GPUs for training and decoding (0 = CPU)
+python=python3        # the interpreter of tools/venv (path.sh puts it first on PATH)
+train_set=train       # data/<train_set>: training data; attribute statistics come from it
+dev_set=dev           # data/<dev_set>: validation data
+test_sets="test"      # data/<set> for each test set, space separated
+data_root=data        # where data dirs live (relative to the recipe dir)
+dump_root=dump        # shards and caches
+exp_root=exp          # models, decodes, results
+# Hydra overrides passed through to each stage's entry point, e.g. "format.max_dur=15".
+prepare_args=""
+format_args=""
+attributes_args=""
+targets_args=""
+shards_args=""
+pretrain_args=""
+sft_args=""
+distill_args=""
+rl_args=""
+decode_args=""
+score_args=""
+
+help_message=$(cat <<EOF
+Usage: $0 [options]
+
+Stages:
+  #   name        does                                                       writes
+  0   prepare     corpus -> Kaldi-style data dirs (egs/<corpus>/prepare.py)  data/<set>/
+  1   format      validate, 16 kHz mono, duration filter, label mapping      data/<set>/
+  2   attributes  pitch, loudness, speaking rate -> Low/Medium/High          data/<set>/utt2attr
+  3   targets     reasoning targets from a teacher (offline|hf|openai)       data/<set>/targets.jsonl
+  4   shards      webdataset shards                                          dump/<set>/shards/
+  5   pretrain    Emotion2Vec-S pre-training + linear probe                  exp/e2vs/
+  6   sft         Stage I explicit reasoning SFT                             exp/<system>/sft/
+  7   distill     Stage II implicit internalisation                          exp/<system>/distill/
+  8   rl          Stage III dr_sapo | sapo | grpo | grpoz | dpo              exp/<system>/rl/
+  9   decode      batched inference, explicit and implicit prompts           exp/<system>/decode_*/
+  10  score       labels, UA/WA/F1, JS/BC/Brier/ECE, judges, tables           exp/<system>/results.md
+
+Options:
+  --stage N / --stop_stage N   range of stages to run (default ${stage}..${stop_stage})
+  --skip_stages "N M"          stages to skip
+  --force true                 re-run stages even if marked done
+  --system NAME                c2ser | cogaudio | ambiguity | reasoning (default ${system})
+  --nj N                       parallel processes for the data stages (default ${nj})
+  --ngpu N                     GPUs (0 = CPU, default ${ngpu})
+  --python PATH                Python interpreter (default ${python})
+  --train_set / --dev_set / --test_sets   data dirs under ${data_root}/
+  --<stage>_args "k=v ..."     Hydra overrides for that stage's entry point
+EOF
+)
+
+orig_args=("$@")
+. "${main_root}/tools/parse_options.sh" || exit 1
+if [ $# -ne 0 ]; then
+  echo "$0: unexpected argument '$1' (options are --name value)" >&2
+  exit 1
+fi
+[ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
+
+"${main_root}/tools/install.sh"
+. "${main_root}/path.sh"
+. "${main_root}/cmd.sh"
+
+stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
+built_stages="0 1 2 3 4"   # stages this version implements
+
+# Refuse up front, before any work, a range that contains a stage not built yet.
+for n in $(seq "${stage}" "${stop_stage}"); do
+  if [[ " ${skip_stages} " != *" ${n} "* ]] && [[ " ${built_stages} " != *" ${n} "* ]]; then
+    log "Error: stage ${n} (${stage_names[$n]}) is not built yet in this version of EmoReason."
+    log "Built stages: ${built_stages}. Run e.g. '$0 --stop_stage 4', or add '--skip_stages \"...\"'."
+    exit 1
+  fi
+done
+
+mkdir -p "${exp_root}/log"
+# Remember how this experiment was made.
+{ echo "# $(date '+%Y-%m-%dT%H:%M:%S') in $(pwd)"; echo "$0 $(printf '%q ' ${orig_args[@]+"${orig_args[@]}"})"; } >> "${exp_root}/run_history.sh"
+
+test_list="[$(echo ${test_sets} | tr ' ' ',')]"
+all_sets="${train_set} ${dev_set} ${test_sets}"
+# Overrides every stage gets: the corpus config and the data layout.
+common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
+train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
+
+# run_stage N MARKER_DIR COMMAND... : run a stage unless its marker says the same
+# command already finished; a stage that runs makes every later stage run too.
+rerun_rest=false
+run_stage() {
+  local n=$1 marker_dir=$2; shift 2
+  local name=${stage_names[$n]}
+  local marker=${marker_dir}/.${name}.done
+  local cmd
+  cmd=$(printf '%q ' "$@")
+  if [ ${stage} -gt "${n}" ] || [ ${stop_stage} -lt "${n}" ] || [[ " ${skip_stages} " == *" ${n} "* ]]; then
+    return 0
+  fi
+  if ! ${force} && ! ${rerun_rest} && [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${cmd}" ]; then
+    log "Stage ${n} (${name}): done already (${marker}), skipped"
+    return 0
+  fi
+  log "Stage ${n} (${name}): $*"
+  rm -f "${marker}"
+  ${train_cmd} "${exp_root}/log/${n}.${name}.log" "$@"
+  mkdir -p "${marker_dir}"
+  echo "${cmd}" > "${marker}"
+  rerun_rest=true
+}
+
+# shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
+run_stage 0 "${data_root}" ${python} prepare.py ${common_args} ${prepare_args}
+if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+  # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
+  for s in ${all_sets}; do
+    ${python} -m local.bin.validate --report "${data_root}/${s}" || true
+  done
+fi
+run_stage 1 "${data_root}" ${python} -m local.bin.format ${common_args} ${format_args}
+run_stage 2 "${data_root}" ${python} -m local.bin.attributes ${common_args} ${attributes_args}
+run_stage 3 "${data_root}" ${python} -m local.bin.targets ${common_args} ${targets_args}
+run_stage 4 "${dump_root}" ${python} -m local.bin.shards ${common_args} ${shards_args}
+
+if [ ${stop_stage} -ge 1 ]; then
+  ${python} -m local.bin.summary ${data_root} ${all_sets}
+fi
+log "Successfully finished. [elapsed=${SECONDS}s]"

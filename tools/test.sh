@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs if needed, then runs the test suite (benchmarks under tests/bench are not tests).
+#   tools/test.sh                 # everything CI runs
+#   tools/test.sh tests/unit -k kaldi
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"${root}/tools/install.sh"
+cd "${root}"
+. ./path.sh
+if [ $# -eq 0 ]; then set -- tests; fi
+exec python -m pytest "$@"
