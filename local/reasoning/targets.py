@@ -1,0 +1,259 @@
+"""Stage 3: reasoning targets of a data dir, asked of a teacher and checked before use.
+
+A teacher, LLM or not, can answer in the wrong format or argue for the wrong
+emotion; training on such a target teaches the model to do the same.  So every
+answer passes a check made for its type (names the gold label, EIPS tags
+parse, the distribution's arg-max is the gold majority ...) and what fails
+goes to ``targets.rejected`` with its reason instead of ``targets.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from local.data.kaldi import DataDir, DataDirError, parse_dist, parse_kv
+from local.reasoning.prompts import render
+from local.reasoning.teacher import Request, Teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetType:
+    teacher_prompt: str          # prompts/<name>.txt the teacher reads
+    instruction: str             # what the audio LLM reads: prompts/<name>.txt, or the questions.json pool
+    tables: tuple[str, ...]      # data-dir tables it needs besides text and utt2emo
+
+
+TARGET_TYPES = {
+    # C²SER Stage 1: rate / pitch / volume levels + transcript -> emotion.
+    "c2ser_explicit": TargetType("c2ser_explicit_teacher", "c2ser_explicit_instruction", ("utt2attr",)),
+    # C²SER Stage 2: a description in terms of the label only.
+    "c2ser_implicit": TargetType("c2ser_implicit_teacher", "c2ser_implicit_instruction", ()),
+    # CogAudio Stage I: EIPS <thought> + <response>; Stage II: the response alone.
+    "eips": TargetType("eips_teacher", "cogaudio_prompt_a", ()),
+    "direct_response": TargetType("direct_response_teacher", "cogaudio_prompt_b", ()),
+    # Ambiguity reasoning: Table 1 steps ending in the soft label.
+    "ambiguity_cot": TargetType("ambiguity_teacher", "ambiguity_instruction", ("utt2dist", "utt2attr")),
+    # AudioLLM-Reasoning: interpretive and evidence-grounded explanations (question pool instructions).
+    "summarize": TargetType("reasoning_summarize", "questions", ()),
+    "elaborate": TargetType("reasoning_elaborate", "questions", ()),
+}
+
+# Words that count as naming a label: a teacher writes "angry" as often as "anger".
+LABEL_FORMS = {
+    "anger": ("anger", "angry", "生气", "愤怒"),
+    "happiness": ("happiness", "happy", "joy", "开心", "高兴", "快乐"),
+    "neutral": ("neutral", "中性", "平静"),
+    "sadness": ("sadness", "sad", "sorrow", "悲伤", "难过", "伤心"),
+    "surprise": ("surprise", "surprised", "惊讶", "吃惊"),
+    "disgust": ("disgust", "disgusted", "厌恶", "恶心"),
+    "fear": ("fear", "fearful", "afraid", "scared", "害怕", "恐惧"),
+}
+
+EIPS_FORMAT = re.compile(r"\s*<thought>(?P<thought>.*?)</thought>\s*<response>(?P<response>.*?)</response>\s*",
+                         re.DOTALL)
+EIPS_STEPS = {"Emotion perception": r"emotion perception", "Intent": r"intent",
+              "Psychological modelling": r"psychological model(?:l)?ing", "Strategy": r"strategy"}
+AMBIGUITY_STEPS = ("Step 1", "Step 2", "Step 3")
+QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
+DIST_ITEM = re.compile(r"([A-Za-z_]+)\s*[:=]\s*([0-9]*\.?[0-9]+)")
+
+
+def format_dist_line(dist: dict[str, float]) -> str:
+    """``anger:0.60 sadness:0.40``: most likely first, two decimals, as the teachers are asked to write it."""
+    return " ".join(f"{l}:{p:.2f}" for l, p in sorted(dist.items(), key=lambda kv: (-kv[1], kv[0])) if p > 0)
+
+
+# --- requests -----------------------------------------------------------------------
+
+def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> None:
+    """Fail before asking anything when a table a requested type needs is missing."""
+    for t in types:
+        if t not in TARGET_TYPES:
+            raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
+        for table in ("text", "utt2emo", *TARGET_TYPES[t].tables):
+            if table not in data:
+                raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
+
+
+def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en",
+                   ) -> tuple[list[Request], list[tuple[str, str, str]]]:
+    """One request per (utterance, type), and the (utt, type, reason) of those that cannot be asked."""
+    requests, rejected = [], []
+    for utt in data.utts:
+        text, label = data["text"].get(utt, "").strip(), data["utt2emo"].get(utt)
+        if not label:
+            rejected += [(utt, t, "no label in utt2emo") for t in types]
+            continue
+        lang = (data.get("utt2lang") or {}).get(utt, default_lang)
+        try:
+            attrs = parse_kv(data["utt2attr"][utt]) if "utt2attr" in data else {}
+            dist = parse_dist(data["utt2dist"][utt]) if "utt2dist" in data else None
+        except ValueError as e:
+            rejected += [(utt, t, f"bad utt2attr/utt2dist value: {e}") for t in types]
+            continue
+        fields = {"text": text, "label": label, "task": "emotion"}
+        levels = {"rate": attrs.get("rate"), "pitch": attrs.get("pitch"),
+                  "energy": attrs.get("loudness", attrs.get("energy"))}
+        fields.update({k: v.lower() for k, v in levels.items() if v})
+        if dist:
+            fields["dist"] = format_dist_line(dist)
+        for t in types:
+            if not text:
+                rejected.append((utt, t, "empty transcript"))
+                continue
+            try:
+                prompt = render(TARGET_TYPES[t].teacher_prompt, **fields)
+            except KeyError as e:
+                rejected.append((utt, t, f"missing input for the prompt: {e.args[0]} (see utt2attr/utt2dist)"))
+                continue
+            requests.append(Request(key=f"{utt} {t}", type=t, prompt=prompt, utt=utt, label=label,
+                                    text=text, attrs=attrs, dist=dist, lang=lang))
+    return requests, rejected
+
+
+# --- validation -----------------------------------------------------------------------
+
+def names_label(answer: str, label: str) -> bool:
+    """Whether the answer names ``label`` (or one of its word forms)."""
+    for form in LABEL_FORMS.get(label, (label,)):
+        if form.isascii():
+            if re.search(rf"\b{re.escape(form)}\b", answer, re.IGNORECASE):
+                return True
+        elif form in answer:
+            return True
+    return False
+
+
+def _normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def quotes_transcript(answer: str, text: str) -> bool:
+    """Whether some double-quoted span of the answer is words of the transcript."""
+    transcript = _normalise(text)
+    for match in QUOTED.finditer(answer):
+        span = _normalise(match.group(1) or match.group(2))
+        if span and span in transcript:
+            return True
+    return False
+
+
+def parse_distribution_line(answer: str) -> dict[str, float]:
+    """The last ``Distribution: a:p b:q`` line of an answer; ValueError when absent or malformed."""
+    lines = [l for l in answer.splitlines() if l.strip().lower().startswith("distribution:")]
+    if not lines:
+        raise ValueError("no 'Distribution:' line")
+    # LLMs also write "anger: 0.6, sadness: 0.4"; accept any such spacing and separators.
+    dist = {label.lower(): float(p) for label, p in DIST_ITEM.findall(lines[-1].split(":", 1)[1])}
+    if not dist:
+        raise ValueError("no label:probability on the 'Distribution:' line")
+    if any(not 0 <= p <= 1 for p in dist.values()) or abs(sum(dist.values()) - 1) > 0.05:
+        raise ValueError(f"'Distribution:' probabilities do not sum to 1 ({sum(dist.values()):.2f})")
+    return dist
+
+
+def _argmax(dist: dict[str, float]) -> set[str]:
+    top = max(dist.values())
+    return {l for l, p in dist.items() if p >= top - 1e-9}
+
+
+def check_target(request: Request, answer: str | None) -> str | None:
+    """Why a teacher answer is not a usable target, or None when it is."""
+    if answer is None or not answer.strip():
+        return "teacher gave no answer"
+    t, label = request.type, request.label
+    if t == "eips":
+        match = EIPS_FORMAT.fullmatch(answer)
+        if not match:
+            return "not <thought>...</thought><response>...</response>"
+        thought, response = match["thought"], match["response"]
+        missing = [step for step, pattern in EIPS_STEPS.items()
+                   if not re.search(pattern, thought, re.IGNORECASE)]
+        if missing:
+            return f"thought lacks the EIPS step(s) {', '.join(missing)}"
+        if not names_label(thought, label):
+            return f"thought does not name the gold label '{label}'"
+        if not response.strip():
+            return "empty response"
+        return None
+    if t == "direct_response":
+        return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", answer) else None
+    if t == "ambiguity_cot":
+        missing = [s for s in AMBIGUITY_STEPS if s.lower() not in answer.lower()]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+        try:
+            predicted = parse_distribution_line(answer)
+        except ValueError as e:
+            return f"bad distribution: {e}"
+        if request.dist and not _argmax(predicted) & _argmax(request.dist):
+            return (f"distribution arg-max {'/'.join(sorted(_argmax(predicted)))} is not the gold majority "
+                    f"{'/'.join(sorted(_argmax(request.dist)))}")
+        return None
+    if not names_label(answer, label):
+        return f"does not name the gold label '{label}'"
+    if t == "elaborate" and not quotes_transcript(answer, request.text):
+        return "quotes no words of the transcript"
+    return None
+
+
+# --- the stage ----------------------------------------------------------------------------
+
+def _write_atomic(path: Path, lines: Iterable[str]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_targets(data_dir: Path | str, teacher: Teacher, types: Sequence[str],
+                 default_lang: str = "en") -> dict[str, int]:
+    """Write ``targets.jsonl`` (and ``targets.rejected``) of one data dir; returns counts."""
+    path = Path(data_dir)
+    data = DataDir.load(path)
+    types = list(dict.fromkeys(types))
+    check_tables(data, path, types)
+    requests, rejected = build_requests(data, types, default_lang)
+    answers = teacher.generate(requests)
+    if len(answers) != len(requests):
+        raise RuntimeError(f"{teacher.name} returned {len(answers)} answers for {len(requests)} requests")
+    if requests and all(a is None for a in answers):
+        # An unreachable endpoint or a broken model: empty targets must not pass for a finished stage.
+        raise RuntimeError(f"{path}: teacher {teacher.name} answered none of {len(requests)} requests "
+                           "(see the log above); nothing written")
+
+    records = []
+    for request, answer in zip(requests, answers):
+        reason = check_target(request, answer)
+        if reason:
+            rejected.append((request.utt, request.type, reason))
+            continue
+        record = {"utt": request.utt, "type": request.type, "target": answer.strip(),
+                  "label": request.label, "teacher": teacher.name}
+        if request.type == "ambiguity_cot":
+            record["dist"] = request.dist
+        records.append(record)
+    for utt, t, reason in rejected:
+        log.warning("%s: rejected %s target of %s: %s", path, t, utt, reason)
+
+    records.sort(key=lambda r: (r["utt"], r["type"]))
+    _write_atomic(path / "targets.jsonl", (json.dumps(r, ensure_ascii=False) for r in records))
+    if rejected:
+        _write_atomic(path / "targets.rejected",
+                      (f"{utt} {t} {' '.join(reason.split())}" for utt, t, reason in sorted(rejected)))
+    else:
+        (path / "targets.rejected").unlink(missing_ok=True)
+    return {"written": len(records), "rejected": len(rejected)}

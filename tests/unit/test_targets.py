@@ -1,0 +1,195 @@
+"""Stage 3: requests from a data dir, validation of teacher answers, targets.jsonl / targets.rejected."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from local.data.kaldi import DataDir, DataDirError
+from local.reasoning.offline import OfflineTeacher
+from local.reasoning.targets import (TARGET_TYPES, build_requests, check_target, make_targets, names_label,
+                                     parse_distribution_line)
+from local.reasoning.teacher import Request, Teacher
+from local.utils.hydra import compose
+
+ALL_TYPES = list(TARGET_TYPES)
+
+# utt: (label, text, lang, dist, attrs)
+UTTS = {
+    "spk1-a01": ("anger", "You took my seat again and did not even ask.", "en",
+                 "anger:0.6667 disgust:0.3333", "pitch=High loudness=High rate=High pitch_hz=231.5"),
+    "spk1-a02": ("happiness", "We finally got the keys to the new flat!", "en",
+                 "happiness:1.0000", "pitch=High loudness=Medium rate=High"),
+    "spk1-a03": ("neutral", "The meeting moved to room four.", "en",
+                 "neutral:0.7500 sadness:0.2500", "pitch=Medium loudness=Medium rate=Medium"),
+    "spk2-b01": ("sadness", "I never imagined the project would end like this.", "en",
+                 "sadness:0.5000 anger:0.5000", "pitch=Low loudness=Low rate=Low"),
+    "spk2-b02": ("surprise", "Wait, you sold the car already?", "en",
+                 "surprise:0.8000 happiness:0.2000", "pitch=High loudness=Medium rate=Medium"),
+    "spk2-b03": ("disgust", "There was hair in the soup, again.", "en",
+                 "disgust:1.0000", "pitch=Low loudness=Medium rate=Low"),
+    "spk3-c01": ("fear", "我听见楼下有人在撬门。", "cmn",
+                 "fear:0.7500 surprise:0.2500", "pitch=High loudness=Low rate=High"),
+}
+
+
+def write_data_dir(path: Path, utts: dict = UTTS, drop: tuple[str, ...] = ()) -> Path:
+    """A stage-2 data dir (no audio needed by stage 3: wav.scp points at a dummy file)."""
+    dummy = path.parent / "dummy.wav"
+    dummy.write_bytes(b"")
+    tables = {
+        "wav.scp": {u: str(dummy) for u in utts},
+        "utt2spk": {u: u.split("-")[0] for u in utts},
+        "text": {u: v[1] for u, v in utts.items()},
+        "utt2emo": {u: v[0] for u, v in utts.items()},
+        "utt2lang": {u: v[2] for u, v in utts.items()},
+        "utt2dist": {u: v[3] for u, v in utts.items()},
+        "utt2attr": {u: v[4] for u, v in utts.items()},
+    }
+    DataDir({k: v for k, v in tables.items() if k not in drop}).save(path)
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class ScriptedTeacher(Teacher):
+    """Offline answers, except where a script replaces the answer of "<utt> <type>"."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[str, str | None]):
+        self.script, self.offline, self.seen = script, OfflineTeacher(), []
+
+    def generate(self, requests):
+        self.seen += [r.key for r in requests]
+        return [self.script[r.key] if r.key in self.script else self.offline.generate([r])[0] for r in requests]
+
+
+def test_offline_targets_of_every_type_validate(tmp_path):
+    data = write_data_dir(tmp_path / "train")
+    counts = make_targets(data, OfflineTeacher(), ALL_TYPES)
+    assert counts == {"written": len(UTTS) * len(ALL_TYPES), "rejected": 0}
+    assert not (data / "targets.rejected").exists()
+    records = read_jsonl(data / "targets.jsonl")
+    assert [(r["utt"], r["type"]) for r in records] == sorted((u, t) for u in UTTS for t in ALL_TYPES)
+    for r in records:
+        assert r["label"] == UTTS[r["utt"]][0] and r["teacher"] == "offline" and r["target"]
+        assert ("dist" in r) == (r["type"] == "ambiguity_cot")
+    mandarin = {r["type"]: r["target"] for r in records if r["utt"] == "spk3-c01"}
+    assert UTTS["spk3-c01"][1] in mandarin["c2ser_explicit"] and UTTS["spk3-c01"][1] in mandarin["ambiguity_cot"]
+    tie = next(r for r in records if r["utt"] == "spk2-b01" and r["type"] == "ambiguity_cot")
+    assert tie["dist"] == {"sadness": 0.5, "anger": 0.5}
+    assert tie["target"].splitlines()[-1] == "Distribution: anger:0.50 sadness:0.50"
+    assert "supports sadness" in tie["target"]  # of tied labels, the gold one leads the reasoning
+
+
+def test_bad_answers_are_rejected_and_the_good_ones_kept(tmp_path):
+    data = write_data_dir(tmp_path / "dev")
+    explicit_ok = OfflineTeacher().generate(build_requests(DataDir.load(data), ["c2ser_explicit"])[0][:1])[0]
+    script = {
+        "spk1-a01 c2ser_implicit": "The speaker sounds calm and composed.",       # no gold label
+        "spk1-a02 eips": "Emotion perception: happy. Intent: share. <response>Great!</response>",  # no tags
+        "spk1-a03 eips": "<thought>Emotion perception: neutral. Intent: info. Strategy: answer.</thought>"
+                         "<response>Okay.</response>",                              # a step is missing
+        "spk2-b02 ambiguity_cot": "Keywords: x\nStep 1: a\nStep 2: b\nStep 3: c\n"
+                                  "Distribution: happiness:0.70 surprise:0.30",     # wrong arg-max
+        "spk2-b03 ambiguity_cot": "Keywords: x\nStep 1: a\nStep 2: b\nStep 3: c\nDistribution: mostly disgust",
+        "spk2-b01 elaborate": "The emotion is sadness, clearly, from the tone.",    # quotes nothing
+        "spk3-c01 summarize": None,                                                 # teacher failed
+        "spk1-a01 direct_response": "<thought>x</thought><response>y</response>",
+        "spk1-a01 c2ser_explicit": explicit_ok,                                     # a good scripted one
+    }
+    counts = make_targets(data, ScriptedTeacher(script), ALL_TYPES)
+    bad = {k for k, v in script.items() if v is not explicit_ok}
+    assert counts == {"written": len(UTTS) * len(ALL_TYPES) - len(bad), "rejected": len(bad)}
+
+    lines = (data / "targets.rejected").read_text(encoding="utf-8").splitlines()
+    rejected = {" ".join(l.split()[:2]): " ".join(l.split()[2:]) for l in lines}
+    assert set(rejected) == bad and lines == sorted(lines)
+    assert rejected["spk1-a01 c2ser_implicit"] == "does not name the gold label 'anger'"
+    assert rejected["spk1-a02 eips"].startswith("not <thought>")
+    assert "Psychological modelling" in rejected["spk1-a03 eips"]
+    assert "arg-max happiness" in rejected["spk2-b02 ambiguity_cot"]
+    assert "bad distribution" in rejected["spk2-b03 ambiguity_cot"]
+    assert rejected["spk2-b01 elaborate"] == "quotes no words of the transcript"
+    assert rejected["spk3-c01 summarize"] == "teacher gave no answer"
+    assert "tags" in rejected["spk1-a01 direct_response"]
+
+    kept = {f"{r['utt']} {r['type']}": r for r in read_jsonl(data / "targets.jsonl")}
+    assert not bad & set(kept) and len(kept) == counts["written"]
+    assert kept["spk1-a01 c2ser_explicit"]["target"] == explicit_ok
+    assert kept["spk1-a01 c2ser_explicit"]["teacher"] == "scripted"
+
+    # A clean re-run leaves no stale rejections behind.
+    make_targets(data, OfflineTeacher(), ALL_TYPES)
+    assert not (data / "targets.rejected").exists()
+
+
+def test_a_missing_table_is_named_before_anything_is_asked(tmp_path):
+    data = write_data_dir(tmp_path / "test", drop=("utt2attr",))
+    teacher = ScriptedTeacher({})
+    with pytest.raises(DataDirError, match=r"utt2attr: is missing; target type 'c2ser_explicit' needs it"):
+        make_targets(data, teacher, ALL_TYPES)
+    assert teacher.seen == []
+    with pytest.raises(DataDirError, match="utt2dist"):
+        make_targets(write_data_dir(tmp_path / "t2", drop=("utt2dist",)), teacher, ["eips", "ambiguity_cot"])
+    with pytest.raises(ValueError, match="unknown target type 'cot'"):
+        make_targets(data, teacher, ["cot"])
+    assert make_targets(data, OfflineTeacher(), ["eips", "summarize"]) == {"written": 14, "rejected": 0}
+
+
+def test_a_teacher_that_answers_nothing_fails_the_stage(tmp_path):
+    data = write_data_dir(tmp_path / "train")
+    make_targets(data, OfflineTeacher(), ["eips"])
+    before = (data / "targets.jsonl").read_bytes()
+    silent = ScriptedTeacher({f"{u} eips": None for u in UTTS})
+    with pytest.raises(RuntimeError, match="answered none of 7 requests"):
+        make_targets(data, silent, ["eips"])
+    assert (data / "targets.jsonl").read_bytes() == before  # the previous targets are untouched
+
+
+def test_utterances_that_cannot_be_asked_are_rejected(tmp_path):
+    utts = dict(UTTS)
+    utts["spk1-a01"] = ("anger", "", "en", "anger:1.0000", "pitch=High loudness=High rate=High")
+    utts["spk1-a02"] = ("happiness", "Yes!", "en", "happiness:1.0000", "pitch=High loudness=Medium")
+    data = DataDir.load(write_data_dir(tmp_path / "x", utts))
+    requests, rejected = build_requests(data, ["c2ser_explicit", "eips"], default_lang="en")
+    reasons = {(u, t): r for u, t, r in rejected}
+    assert reasons[("spk1-a01", "eips")] == "empty transcript"
+    assert "rate" in reasons[("spk1-a02", "c2ser_explicit")]
+    assert ("spk1-a02", "eips") not in reasons
+    assert len(requests) == 2 * len(utts) - len(rejected)
+    mandarin = next(r for r in requests if r.utt == "spk3-c01" and r.type == "c2ser_explicit")
+    assert mandarin.lang == "cmn" and mandarin.attrs["pitch"] == "High"
+    assert "a speaking rate of high, a volume level of low, and a pitch of high" in mandarin.prompt
+
+
+def test_label_and_distribution_checks():
+    assert names_label("The speaker sounds ANGRY.", "anger")
+    assert not names_label("The speaker is in danger.", "anger")          # a word, not a substring
+    assert names_label("她听起来很害怕。", "fear")
+    assert parse_distribution_line("Step 3: x\nDistribution: anger:0.50 sadness:0.50") == \
+        {"anger": 0.5, "sadness": 0.5}
+    assert parse_distribution_line("Distribution: Anger: 0.6, sadness = .4") == {"anger": 0.6, "sadness": 0.4}
+    with pytest.raises(ValueError, match="sum to 1"):
+        parse_distribution_line("Distribution: anger:0.9 sadness:0.9")
+    tie = Request(key="u ambiguity_cot", type="ambiguity_cot", label="sadness", text="t",
+                  dist={"sadness": 0.5, "anger": 0.5})
+    answer = "Step 1: a\nStep 2: b\nStep 3: c\nDistribution: anger:0.55 sadness:0.45"
+    assert check_target(tie, answer) is None  # either label of a tied majority is the gold majority
+
+
+def test_entry_point_writes_every_set(tmp_path):
+    from local.bin.targets import main
+
+    for name in ("train", "dev", "test"):
+        write_data_dir(tmp_path / name)
+    cfg = compose([f"data_root={tmp_path}", "train_set=train", "dev_set=dev", "test_sets=[test]",
+                   "targets.types=[c2ser_implicit,elaborate]"])
+    main(cfg)
+    for name in ("train", "dev", "test"):
+        records = read_jsonl(tmp_path / name / "targets.jsonl")
+        assert len(records) == 2 * len(UTTS) and {r["type"] for r in records} == {"c2ser_implicit", "elaborate"}
