@@ -31,7 +31,14 @@ install_requires = [
 ]
 
 extras_require = {
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    # Reference implementations that tests compare our code against.
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "trl>=0.24,<0.26",                 # GRPO / SAPO / DPO losses
+        "funasr>=1.2",                     # the public emotion2vec implementation
+        "pytorch-metric-learning>=2.5",    # SupConLoss
+    ],
 }
 
 setup(

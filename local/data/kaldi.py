@@ -51,7 +51,7 @@ def read_table(path: Path | str, allow_empty_value: bool = False) -> dict[str, s
     path = Path(path)
     table: dict[str, str] = {}
     prev = None
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="") as f:  # newline="": see the \r
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if line.endswith("\r"):

@@ -1,0 +1,120 @@
+"""The data-dir reader, writer and validator: every error names its file and line."""
+import os
+from pathlib import Path
+
+import pytest
+
+from local.data.kaldi import (DataDir, DataDirError, format_dist, parse_dist, read_table,
+                              read_table_lenient, validate_data_dir)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_valid_dir_round_trips(data_dir):
+    data = validate_data_dir(data_dir)
+    assert len(data) == 6
+    assert (data_dir / "spk2utt").read_text().splitlines()[0] == "spk0 spk0-utt0 spk0-utt1 spk0-utt2"
+    copy = data_dir.parent / "copy"
+    data.save(copy)
+    assert all((copy / f).read_bytes() == (data_dir / f).read_bytes() for f in os.listdir(data_dir))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("b x\na y\n", "f:2: not sorted: 'a' comes after 'b'"),
+    ("a x\na y\n", "f:2: duplicate id 'a'"),
+    ("a x\n\nb y\n", "f:2: is an empty line"),
+    ("a\n", "f:1: key 'a' has no value"),
+    ("a x\r\n", "f:1: has a DOS line ending"),
+])
+def test_read_table_names_file_and_line(tmp_path, content, message):
+    with pytest.raises(DataDirError) as e:
+        read_table(write(tmp_path / "f", content))
+    assert str(e.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_c_order_is_byte_order(tmp_path):
+    # LC_ALL=C puts upper case before lower case and '-' before digits.
+    assert read_table(write(tmp_path / "f", "A x\na x\n")) == {"A": "x", "a": "x"}
+    with pytest.raises(DataDirError, match="not sorted"):
+        read_table(write(tmp_path / "g", "a x\nA x\n"))
+
+
+def test_lenient_reader_sorts_and_reports_duplicates(tmp_path):
+    table, problems = read_table_lenient(write(tmp_path / "f", "c 1\na 2\nb 3\na 4\n"))
+    assert list(table) == ["b", "c"]
+    assert problems == {"a": f"{tmp_path / 'f'}: duplicate id 'a' on lines 2, 4"}
+
+
+@pytest.mark.parametrize("table, line, message", [
+    ("utt2emo", "spk0-utt1 bored\n", "utt2emo:2: unknown label 'bored' for 'spk0-utt1'"),
+    ("utt2dist", "spk0-utt1 anger:0.5 sadness:0.4\n", "utt2dist:2: probabilities of 'spk0-utt1' sum to 0.9000"),
+    ("utt2dist", "spk0-utt1 anger=1\n", "utt2dist:2: spk0-utt1: 'anger=1' is not label:probability"),
+])
+def test_validator_rejects_bad_labels(data_dir, table, line, message):
+    lines = (data_dir / table).read_text().splitlines(keepends=True)
+    lines[1] = line
+    write(data_dir / table, "".join(lines))
+    with pytest.raises(DataDirError) as e:
+        validate_data_dir(data_dir)
+    assert str(e.value).startswith(f"{data_dir}/{message}")
+
+
+def test_validator_names_missing_ids_and_audio(data_dir):
+    lines = (data_dir / "text").read_text().splitlines(keepends=True)
+    write(data_dir / "text", "".join(lines[:2] + lines[3:]))
+    with pytest.raises(DataDirError) as e:
+        validate_data_dir(data_dir)
+    assert str(e.value) == f"{data_dir}/text: id 'spk0-utt2' (utt2spk line 3) is missing"
+    write(data_dir / "text", "".join(lines))
+
+    Path((data_dir / "wav.scp").read_text().splitlines()[4].split()[1]).unlink()
+    with pytest.raises(DataDirError, match=r"wav.scp:5: audio file of 'spk1-utt1' not found"):
+        validate_data_dir(data_dir)
+    validate_data_dir(data_dir, check_audio=False)
+
+
+def test_validator_wants_speaker_prefixed_ids(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    write(d / "wav.scp", "u1 /x.wav\n")
+    write(d / "utt2spk", "u1 spk1\n")
+    with pytest.raises(DataDirError, match="utt2spk:1: utterance id 'u1' does not start with its speaker id 'spk1'"):
+        validate_data_dir(d, check_audio=False)
+
+
+def test_validator_checks_spk2utt(data_dir):
+    write(data_dir / "spk2utt", "spk0 spk0-utt0\nspk1 spk1-utt0 spk1-utt1 spk1-utt2\n")
+    with pytest.raises(DataDirError, match="spk2utt: disagrees with utt2spk for speaker 'spk0'"):
+        validate_data_dir(data_dir)
+
+
+def test_save_is_atomic_and_keeps_other_files(data_dir, monkeypatch):
+    (data_dir / "attr_stats.json").write_text("{}")
+    data = DataDir.load(data_dir)
+    data.reject("spk0-utt0", "too\nlong")
+    before = (data_dir / "text").read_text()
+
+    import local.data.kaldi as kaldi
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(kaldi, "replace_dir", crash)
+    with pytest.raises(RuntimeError):
+        data.save(data_dir)
+    assert (data_dir / "text").read_text() == before          # old dir intact
+    assert not [p for p in data_dir.parent.iterdir() if p.name.startswith(".data.")]  # no temp left
+    monkeypatch.undo()
+
+    data.save(data_dir)
+    assert (data_dir / "attr_stats.json").exists()
+    assert (data_dir / "rejected").read_text() == "spk0-utt0 too long\n"
+    assert "spk0-utt0" not in (data_dir / "text").read_text()
+    validate_data_dir(data_dir)
+
+
+def test_dist_round_trip():
+    assert parse_dist(format_dist({"anger": 0.25, "fear": 0.75, "sadness": 0.0})) == {"anger": 0.25, "fear": 0.75}
