@@ -101,10 +101,6 @@ if [ $# -ne 0 ]; then
 fi
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
-"${main_root}/tools/install.sh"
-. "${main_root}/path.sh"
-. "${main_root}/cmd.sh"
-
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
 built_stages="0 1 2 3 4"   # stages this version implements
 
@@ -116,6 +112,10 @@ for n in $(seq "${stage}" "${stop_stage}"); do
     exit 1
   fi
 done
+
+"${main_root}/tools/install.sh"
+. "${main_root}/path.sh"
+. "${main_root}/cmd.sh"
 
 mkdir -p "${exp_root}/log"
 # Remember how this experiment was made.
@@ -165,6 +165,6 @@ run_stage 3 "${data_root}" ${python} -m local.bin.targets ${common_args} ${targe
 run_stage 4 "${dump_root}" ${python} -m local.bin.shards ${common_args} ${shards_args}
 
 if [ ${stop_stage} -ge 1 ]; then
-  ${python} -m local.bin.summary ${data_root} ${all_sets}
+  ${python} -m local.bin.summary --data_root "${data_root}" --dump_root "${dump_root}" ${all_sets}
 fi
 log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,59 @@
+"""Print what the data stages produced, as a table: the "results" of stages 0-4.
+
+  python -m local.bin.summary --data_root data --dump_root dump train dev test
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from local.data.kaldi import DataDir, parse_kv
+from local.data.labels import EMOTIONS
+
+
+def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
+    rows = []
+    for name in sets:
+        data = DataDir.load(data_root / name)
+        durs = [float(d) for d in data.tables.get("utt2dur", {}).values()]
+        emo = Counter(data.tables.get("utt2emo", {}).values())
+        sub = Counter(data.tables.get("utt2subset", {}).values())
+        lang = Counter(data.tables.get("utt2lang", {}).values())
+        targets = Counter()
+        tpath = data_root / name / "targets.jsonl"
+        if tpath.exists():
+            with open(tpath, encoding="utf-8") as f:
+                targets.update(json.loads(line)["type"] for line in f)
+        levels = Counter(parse_kv(v).get("pitch", "?") for v in data.tables.get("utt2attr", {}).values())
+        manifest = dump_root / name / "shards" / "manifest.json"
+        shards = len(json.loads(manifest.read_text())["shards"]) if manifest.exists() else 0
+        rows.append([
+            name, str(len(data)), str(len(data.rejected)), f"{sum(durs) / 3600:.2f}",
+            str(len(set(data["utt2spk"].values()))), str(len(set(data.tables.get("text", {}).values()))),
+            " ".join(str(emo.get(e, 0)) for e in EMOTIONS),
+            " ".join(f"{k}:{v}" for k, v in sorted(sub.items())) or "-",
+            " ".join(f"{k}:{v}" for k, v in sorted(lang.items())) or "-",
+            " ".join(f"{k}:{levels[k]}" for k in ("Low", "Medium", "High") if levels[k]) or "-",
+            f"{len(targets)} types, {sum(targets.values())}" if targets else "-",
+            str(shards),
+        ])
+    header = ["set", "utts", "rejected", "hours", "spk", "texts", "per label (" + " ".join(e[:3] for e in EMOTIONS) + ")",
+              "subsets", "lang", "pitch levels", "targets", "shards"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_root", default="data")
+    parser.add_argument("--dump_root", default="dump")
+    parser.add_argument("sets", nargs="+")
+    args = parser.parse_args(argv)
+    print(summarise(Path(args.data_root), Path(args.dump_root), args.sets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The shell layer: Kaldi option parsing, the launcher, and run.sh's refusals."""
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bash(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script, "test.sh", *args], cwd=cwd, capture_output=True, text=True)
+
+
+PARSE = """
+foo_bar=1
+flag=false
+. tools/parse_options.sh
+echo "foo_bar=${foo_bar} flag=${flag} rest=$*"
+"""
+
+
+def test_parse_options_sets_declared_variables():
+    out = bash(PARSE, "--foo-bar", "x y", "--flag", "true", "pos1", "pos2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "foo_bar=x y flag=true rest=pos1 pos2"
+    assert bash(PARSE, "--foo_bar", "2").stdout.strip() == "foo_bar=2 flag=false rest="
+
+
+def test_parse_options_fails_loudly():
+    unknown = bash(PARSE, "--fooo", "1")
+    assert unknown.returncode == 1 and "invalid option --fooo" in unknown.stderr
+    boolean = bash(PARSE, "--flag", "yes")
+    assert boolean.returncode == 1 and "option --flag is boolean" in boolean.stderr
+    missing = bash(PARSE, "--foo-bar")
+    assert missing.returncode == 1 and "needs a value" in missing.stderr
+    equals = bash(PARSE, "--foo-bar=3")
+    assert equals.returncode == 1 and "not '--name=value'" in equals.stderr
+
+
+def test_launcher_logs_and_keeps_exit_status(tmp_path):
+    log = tmp_path / "log" / "x.log"
+    ok = subprocess.run(["tools/launch.sh", str(log), "bash", "-c", "echo hello"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "hello\n"
+    assert log.read_text().splitlines()[1] == "hello"
+    bad = subprocess.run(["tools/launch.sh", str(log), "bash", "-c", "echo oops; exit 3"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 3 and f"see {log}" in bad.stderr
+
+
+def test_launcher_slurm_backend_calls_srun(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/bin/sh\necho "srun $*"\n')
+    (fake / "srun").chmod(0o755)
+    out = subprocess.run(["bash", "-c", f'PATH={fake}:$PATH tools/launch.sh --backend slurm --gpu 2 '
+                          f'--mem 8G {tmp_path}/s.log python train.py'], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "srun --job-name s --ntasks 1 --gres gpu:2 --mem 8G python train.py"
+
+
+def test_run_sh_refuses_unbuilt_stages_up_front(tmp_path):
+    out = subprocess.run(["egs/mini_lime/run.sh", "--stage", "3", "--stop_stage", "6",
+                          "--exp_root", str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "stage 5 (pretrain) is not built yet" in out.stdout
+    assert not (tmp_path / "exp").exists()  # refused before doing anything
+
+
+def test_run_sh_rejects_unknown_options_and_corpora():
+    out = subprocess.run(["./run.sh", "--stop-stage", "4", "--bogus", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and "invalid option --bogus" in out.stderr
+    out = subprocess.run(["./run.sh", "--corpus", "nope"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and "no recipe egs/nope/run.sh" in out.stderr
+
+
+def test_run_sh_help_lists_all_stages():
+    out = subprocess.run(["./run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for n, name in enumerate("prepare format attributes targets shards pretrain sft distill rl decode score".split()):
+        assert f"  {n:<3} {name}" in out.stderr
