@@ -153,7 +153,7 @@ run_stage() {
 
 # shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
 run_stage 0 "${data_root}" ${python} prepare.py ${common_args} ${prepare_args}
-if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+if ${rerun_rest}; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
     ${python} -m local.bin.validate --report "${data_root}/${s}" || true
