@@ -234,6 +234,7 @@ class DataDir:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a data dir is not
         try:
             if path.is_dir():
                 managed = set(UTT_TABLES) | {"spk2utt", "rejected"}
