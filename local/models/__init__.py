@@ -1,0 +1,1 @@
+"""Audio-LLM building blocks: encoders, connectors, the assembled model and its tokenizer."""
