@@ -35,7 +35,7 @@ extras_require = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
-        "trl>=0.24,<0.26",                 # GRPO / SAPO / DPO losses
+        "trl>=0.26,<0.27",                 # GRPO / SAPO / DPO losses (SAPO arrived in 0.26)
         "funasr>=1.2",                     # the public emotion2vec implementation
         "pytorch-metric-learning>=2.5",    # SupConLoss
     ],

@@ -1,0 +1,1 @@
+"""Evaluation: classification and distribution metrics, scoring and result tables."""

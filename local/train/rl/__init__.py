@@ -1,0 +1,1 @@
+"""Stage 8 policy optimisation: losses as pure tensor functions, rollouts, rewards."""
