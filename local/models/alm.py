@@ -1,0 +1,354 @@
+"""The audio LLM: encoders -> connectors -> audio tokens spliced into a causal LM's prompt.
+
+Inputs of the LLM, per utterance (C²SER eq. 1; AudioLLM-Reasoning §3.2)::
+
+    prompt tokens up to <|audio|>  |  audio tokens  |  rest of the prompt  |  target tokens + eos
+
+The audio tokens, with ``fusion="time_concat"`` (both papers' choice), are in
+time order: the Emotion2Vec-S utterance token, the acoustic tokens
+(Emotion2Vec-S frames through ``connectors["acoustic"]``), then the semantic
+tokens (Whisper frames, rate-reduced, through ``connectors["semantic"]``);
+acoustic first as in C²SER's code.  Only an utterance's valid tokens are used,
+so no padding sits inside a sequence.  With ``fusion="feature_concat"`` the
+acoustic frames are brought to the semantic frame rate (frame concatenation)
+and length, concatenated channel-wise with the semantic frames, and one
+connector (``connectors["fused"]``) maps the result (AudioLLM-Reasoning's
+alternative, its Fig. 4).
+
+Two things C²SER's released code does differently, done here as its paper
+says: Whisper is used in training, and the utterance-level acoustic feature is
+Emotion2Vec-S's pooled utterance embedding (one token through
+``utterance_proj``), not its first 10 frames.
+
+Frozen encoders (no parameter requiring grad) stay in eval mode whatever
+``train()`` says and run without autograd, so their outputs are a pure
+function of the audio: stage 4 can store them (:meth:`AudioLLM.feature_fns`)
+and :meth:`AudioLLM.forward` then reads ``batch["feats"][name]`` instead of
+running the encoder.  Feature names: ``whisper`` (encoder frames [T, D] before
+rate reduction), ``e2v`` (Emotion2Vec-S frames [T, D]), ``e2v_utt`` (its
+utterance embedding, stored as [1, D]; [D] is read too).
+
+The loss is the LM's cross-entropy over the target tokens only (labels are
+-100 on prompt, audio and padding).  Training batches are right-padded;
+generation batches are left-padded, so every sequence's last position is its
+own and the LM's KV-cached ``generate`` continues all of them together.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from local.models.frames import fit_length, stack_frames
+from local.models.tokenizer import AUDIO_TOKEN, add_audio_token, fit_embeddings
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+FUSIONS = ("time_concat", "feature_concat")
+FINETUNE_MODES = ("lora", "full", "frozen")
+
+Features = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (frames [B, T, D], lengths [B])
+
+
+@dataclass
+class ALMOutput:
+    loss: torch.Tensor            # mean cross-entropy over the target tokens of the batch
+    logits: torch.Tensor          # [B, L, vocab]
+    labels: torch.Tensor          # [B, L]: target token ids, IGNORE_INDEX elsewhere
+    attention_mask: torch.Tensor  # [B, L]
+
+
+def is_frozen(module: nn.Module) -> bool:
+    return not any(p.requires_grad for p in module.parameters())
+
+
+class AudioLLM(nn.Module):
+    """Whisper (``semantic``) and/or Emotion2Vec-S (``acoustic``, anything with
+    ``extract(wav, lengths) -> {"frames", "utterance", "frame_lengths"}``), their
+    connectors, and a causal LM (plain or PEFT-wrapped) with its tokenizer."""
+
+    def __init__(self, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                 semantic: nn.Module | None = None, acoustic: nn.Module | None = None,
+                 connectors: Mapping[str, nn.Module] | None = None, utterance_proj: nn.Module | None = None,
+                 fusion: str = "time_concat", acoustic_stack: int = 1, audio_prefix: str = AUDIO_TOKEN):
+        super().__init__()
+        connectors = dict(connectors or {})
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{fusion}'")
+        if acoustic is None and utterance_proj is not None:
+            raise ValueError("an utterance projection needs an acoustic encoder")
+        if fusion == "feature_concat":
+            if semantic is None or acoustic is None:
+                raise ValueError("fusion feature_concat fuses Whisper and Emotion2Vec-S frames: it needs both")
+            expected = {"fused"}
+        else:
+            expected = {"semantic"} if semantic is not None else set()
+            if acoustic is not None and "acoustic" in connectors:
+                expected.add("acoustic")
+            elif acoustic is not None and utterance_proj is None:
+                raise ValueError("the acoustic encoder is unused: give it a connector and/or an utterance projection")
+        if set(connectors) != expected:
+            raise ValueError(f"fusion '{fusion}' with these encoders expects connectors {sorted(expected)}, "
+                             f"got {sorted(connectors)}")
+        self.lm, self.tokenizer = lm, tokenizer
+        self.semantic, self.acoustic = semantic, acoustic
+        self.connectors = nn.ModuleDict(connectors)
+        self.utterance_proj = utterance_proj
+        self.fusion, self.acoustic_stack, self.audio_prefix = fusion, acoustic_stack, audio_prefix
+        self.audio_token_id = add_audio_token(tokenizer)
+        self.train()
+
+    # --- modes and the feature cache ---------------------------------------------
+
+    def train(self, mode: bool = True) -> "AudioLLM":
+        super().train(mode)
+        for encoder in (self.semantic, self.acoustic):
+            if encoder is not None and is_frozen(encoder):
+                encoder.eval()
+        return self
+
+    def feature_names(self) -> list[str]:
+        """The encoder outputs this model reads."""
+        names = ["whisper"] if self.semantic is not None else []
+        if "acoustic" in self.connectors or "fused" in self.connectors:
+            names.append("e2v")
+        if self.utterance_proj is not None:
+            names.append("e2v_utt")
+        return names
+
+    def feature_fns(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """``{name: wav -> array}`` for the frozen encoders' outputs, for stage 4's feature cache."""
+        owner = {"whisper": self.semantic, "e2v": self.acoustic, "e2v_utt": self.acoustic}
+        return {name: partial(self.cache_feature, name) for name in self.feature_names() if is_frozen(owner[name])}
+
+    @torch.no_grad()
+    def cache_feature(self, name: str, wav: np.ndarray) -> np.ndarray:
+        """One utterance's encoder output as the shards store it (valid frames only)."""
+        x = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
+        frames, lengths = self.encoder_features({"wav": x, "wav_lens": torch.tensor([x.shape[1]])}, [name])[name]
+        return frames[0, :int(lengths[0])].float().cpu().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    # --- audio tokens --------------------------------------------------------------
+
+    def encoder_features(self, batch: Mapping, names: Sequence[str] | None = None) -> Features:
+        """The encoder outputs ``names`` (default: all used) from ``batch["feats"]`` when cached, else computed."""
+        names = self.feature_names() if names is None else names
+        cached, cached_lens = batch.get("feats") or {}, batch.get("feat_lens") or {}
+        out = {n: (cached[n].to(self.device), cached_lens[n].to(self.device)) for n in names if n in cached}
+        if "e2v_utt" in out and out["e2v_utt"][0].dim() == 2:  # stored as [D] rather than [1, D]
+            utt = out["e2v_utt"][0]
+            out["e2v_utt"] = (utt[:, None], torch.ones(len(utt), dtype=torch.long, device=self.device))
+        missing = [n for n in names if n not in out]
+        if missing:
+            if batch.get("wav") is None:
+                raise ValueError(f"batch has neither waveforms nor cached features {missing}")
+            wav, lens = batch["wav"].to(self.device), batch["wav_lens"].to(self.device)
+            if "whisper" in missing:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.semantic)):
+                    out["whisper"] = self.semantic.encode(wav, lens)
+            if {"e2v", "e2v_utt"} & set(missing):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.acoustic)):
+                    e2v = self.acoustic.extract(wav, lens)
+                out["e2v"] = (e2v["frames"], e2v["frame_lengths"].to(self.device))
+                out["e2v_utt"] = (e2v["utterance"][:, None], torch.ones_like(lens))
+        return {n: out[n] for n in names}
+
+    def audio_tokens(self, batch: Mapping) -> list[torch.Tensor]:
+        """Per utterance (one per ``batch["prompts"]``), its audio token embeddings [N_i, LLM width]."""
+        feats = self.encoder_features(batch)
+        streams = []
+        if "e2v_utt" in feats:
+            utt = feats["e2v_utt"][0][:, 0]
+            utt = self.utterance_proj(utt.to(self.utterance_proj.weight.dtype))
+            streams.append((utt[:, None], torch.ones(len(utt), dtype=torch.long)))
+        if self.fusion == "time_concat":
+            if "e2v" in feats:
+                streams.append(self.connect("acoustic", *feats["e2v"]))
+            if "whisper" in feats:
+                streams.append(self.connect("semantic", *self.semantic.reduce(*feats["whisper"])))
+        else:
+            sem, sem_lens = self.semantic.reduce(*feats["whisper"])
+            ac, _ = stack_frames(*feats["e2v"], self.acoustic_stack)  # zero past its own length
+            fused = torch.cat([sem, fit_length(ac, sem.shape[1]).to(sem.dtype)], dim=-1)
+            streams.append(self.connect("fused", fused, sem_lens))
+        empty = torch.zeros(0, self.lm.get_input_embeddings().embedding_dim, device=self.device)
+        return [torch.cat([empty] + [t[i, :int(n[i])] for t, n in streams]) for i in range(len(batch["prompts"]))]
+
+    def connect(self, name: str, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run a connector on frames cast to its dtype (a bf16 encoder may feed a float32 connector)."""
+        connector = self.connectors[name]
+        return connector(frames.to(next(connector.parameters()).dtype), lengths)
+
+    # --- text ------------------------------------------------------------------------
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """The prompt's token ids, through the chat template when the tokenizer has one.
+
+        The audio goes where the instruction has ``<|audio|>``, or else in
+        ``audio_prefix`` before it.
+        """
+        text = instruction if AUDIO_TOKEN in instruction else self.audio_prefix + instruction
+        if self.tokenizer.chat_template:
+            ids = list(self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                          add_generation_prompt=True, tokenize=True))
+        else:
+            ids = self.tokenizer(text).input_ids
+        if ids.count(self.audio_token_id) != 1:
+            raise ValueError(f"a prompt must hold {AUDIO_TOKEN} exactly once, this one has "
+                             f"{ids.count(self.audio_token_id)}: {text!r}")
+        return ids
+
+    def target_ids(self, response: str) -> list[int]:
+        return self.tokenizer(response, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+
+    def assemble(self, prompts: Sequence[str], audio: Sequence[torch.Tensor],
+                 responses: Sequence[str] | None = None, left_pad: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [B, L, H], attention_mask [B, L], labels [B, L]) with the audio spliced in."""
+        if len(prompts) != len(audio) or (responses is not None and len(responses) != len(prompts)):
+            raise ValueError(f"{len(prompts)} prompts, {len(audio)} audio inputs"
+                             + ("" if responses is None else f", {len(responses)} responses"))
+        embed = self.lm.get_input_embeddings()
+        rows, labels = [], []
+        for i, (prompt, tokens) in enumerate(zip(prompts, audio)):
+            ids = self.prompt_ids(prompt)
+            target = self.target_ids(responses[i]) if responses is not None else []
+            k = ids.index(self.audio_token_id)
+            before = torch.tensor(ids[:k], dtype=torch.long, device=self.device)
+            after = torch.tensor(ids[k + 1:] + target, dtype=torch.long, device=self.device)
+            rows.append(torch.cat([embed(before), tokens.to(embed.weight.dtype), embed(after)]))
+            labels.append(torch.tensor([IGNORE_INDEX] * (len(ids) - 1 + len(tokens)) + target,
+                                       dtype=torch.long, device=self.device))
+        length = max(len(r) for r in rows)
+
+        def pad(x: torch.Tensor, value) -> torch.Tensor:
+            extra = length - len(x)
+            spec = (0, 0) * (x.dim() - 1) + ((extra, 0) if left_pad else (0, extra))
+            return F.pad(x, spec, value=value)
+
+        embeds = torch.stack([pad(r, 0.0) for r in rows])
+        mask = torch.stack([pad(torch.ones(len(r), dtype=torch.long, device=self.device), 0) for r in rows])
+        return embeds, mask, torch.stack([pad(lab, IGNORE_INDEX) for lab in labels])
+
+    # --- training and generation -------------------------------------------------
+
+    def forward(self, batch: Mapping) -> ALMOutput:
+        """``batch``: "prompts" and "responses" (lists of str), plus "wav" [B, T] / "wav_lens" [B]
+        and/or cached "feats" / "feat_lens" (see :mod:`local.data.loader`)."""
+        audio = self.audio_tokens(batch)
+        embeds, mask, labels = self.assemble(batch["prompts"], audio, batch["responses"])
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+        return ALMOutput(out.loss, out.logits, labels, mask)
+
+    @torch.no_grad()
+    def generate(self, wav: torch.Tensor | None, wav_lens: torch.Tensor | None, prompts: Sequence[str], *,
+                 feats: Mapping | None = None, feat_lens: Mapping | None = None, **gen_kwargs) -> list[str]:
+        """Decode a batch (greedy unless ``gen_kwargs`` say otherwise); the texts, special tokens removed.
+
+        The mode (train/eval) is the caller's: RL rollouts sample in train mode.
+        """
+        batch = {"wav": wav, "wav_lens": wav_lens, "feats": feats, "feat_lens": feat_lens, "prompts": prompts}
+        embeds, mask, _ = self.assemble(prompts, self.audio_tokens(batch), left_pad=True)
+        kwargs = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+                  "eos_token_id": self.lm.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+                  **gen_kwargs}
+        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+# --- builders -------------------------------------------------------------------
+
+def load_llm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The causal LM of ``cfg`` (conf/model/llm/*.yaml) with its tokenizer, placeholder added, fine-tuning set up.
+
+    ``name_or_path`` loads a checkpoint; null builds a random model of the
+    ``config`` architecture (seeded), whose vocabulary defaults to the tokenizer's.
+    """
+    if tokenizer is None:
+        source = cfg.get("tokenizer") or cfg.get("name_or_path")
+        if not source:
+            raise ValueError("model.llm: set name_or_path (a checkpoint) or tokenizer (a tokenizer dir)")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    add_audio_token(tokenizer)
+    dtype = getattr(torch, cfg.get("dtype", "float32"))
+    if cfg.get("name_or_path"):
+        lm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype)
+    else:
+        arch = OmegaConf.to_container(cfg.config, resolve=True)
+        ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.get("init_seed", 0))
+            lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**ids, **arch}), dtype=dtype)
+    fit_embeddings(lm, tokenizer)
+    mode = cfg.get("finetune", "lora")
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"model.llm.finetune must be one of {FINETUNE_MODES}, got '{mode}'")
+    if mode == "lora":
+        lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", **OmegaConf.to_container(cfg.lora, resolve=True)))
+    else:
+        lm.requires_grad_(mode == "full")
+    return lm, tokenizer
+
+
+def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
+              tokenizer: PreTrainedTokenizerBase | None = None) -> AudioLLM:
+    """An :class:`AudioLLM` from the model section of the config (``cfg.model``, see conf/model/c2ser.yaml).
+
+    ``acoustic`` / ``tokenizer``, when given, replace ``cfg.e2v`` / the LLM's
+    own tokenizer (a trained Emotion2Vec-S, a test's stand-in).
+    """
+    lm, tokenizer = load_llm(cfg.llm, tokenizer)
+    width = lm.get_input_embeddings().embedding_dim
+    semantic = instantiate(cfg.encoder, _convert_="all") if cfg.get("encoder") else None
+    if acoustic is None and cfg.get("e2v"):
+        acoustic = instantiate(cfg.e2v, _convert_="all")
+    if acoustic is not None and cfg.get("freeze_e2v", True):
+        acoustic.requires_grad_(False)
+    acoustic_dim = None
+    if acoustic is not None:
+        acoustic_dim = cfg.get("acoustic_dim") or getattr(getattr(acoustic, "config", None), "embed_dim", None)
+        if not acoustic_dim:
+            raise ValueError("model.acoustic_dim: set it; the acoustic encoder has no config.embed_dim to read it from")
+    use_frames = acoustic is not None and cfg.get("acoustic_frames", True)
+    use_utterance = acoustic is not None and cfg.get("acoustic_utterance", True)
+    fusion = cfg.get("fusion", "time_concat")
+    connectors, stack = {}, 1
+    if fusion == "feature_concat":
+        if semantic is None or not use_frames:
+            raise ValueError("fusion feature_concat needs both Whisper and Emotion2Vec-S frames")
+        ratio = cfg.acoustic_frame_rate / semantic.frame_rate
+        stack = round(ratio)
+        if stack < 1 or abs(ratio - stack) > 1e-6:
+            raise ValueError(f"feature_concat: acoustic rate {cfg.acoustic_frame_rate} Hz is not an integer "
+                             f"multiple of the semantic rate {semantic.frame_rate} Hz")
+        connectors["fused"] = instantiate(cfg.connector.fused, in_dim=semantic.out_dim + stack * acoustic_dim,
+                                          out_dim=width)
+    else:
+        if semantic is not None:
+            connectors["semantic"] = instantiate(cfg.connector.semantic, in_dim=semantic.out_dim, out_dim=width)
+        if use_frames:
+            connectors["acoustic"] = instantiate(cfg.connector.acoustic, in_dim=acoustic_dim, out_dim=width)
+    model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
+                     utterance_proj=nn.Linear(acoustic_dim, width) if use_utterance else None,
+                     fusion=fusion, acoustic_stack=stack, audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("audio LLM: %s, %d trainable of %d parameters", ", ".join(model.feature_names()) or "no audio",
+             trainable, sum(p.numel() for p in model.parameters()))
+    return model

@@ -1,0 +1,409 @@
+"""The audio LLM: Whisper front end, connectors, assembly, loss masking, generation, feature cache.
+
+Every model here is tiny and random, saved with save_pretrained and loaded back
+(the real-size ones are only instantiated on the meta device); nothing is downloaded.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+from local.data.loader import collate
+from local.models.alm import IGNORE_INDEX, build_alm
+from local.models.connectors import MLPAdapter, TransformerConnector
+from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS
+from local.models.frames import stack_frames
+from local.models.tokenizer import AUDIO_TOKEN, train_tokenizer
+from local.models.whisper import WhisperFrontend
+from local.utils.hydra import CONF_DIR
+
+SR = 16000
+PROMPT = "What emotion does the speaker express?"
+RESPONSES = ["The speaker sounds happy and fast.", "A slow low voice: the emotion is sadness."]
+CORPUS = [PROMPT, *RESPONSES, "The pitch is high and the volume is loud, so the emotion is anger.",
+          "Describe the speaking rate, pitch and volume, then infer the emotion."] * 3
+TINY_WHISPER = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                    decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+                    max_source_positions=1500, max_target_positions=64)
+TINY_LM = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=128, max_position_embeddings=512, tie_word_embeddings=True,
+               initializer_range=0.2)  # wide enough that greedy decoding does not repeat one token
+LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"}
+
+
+class StandInE2V(nn.Module):
+    """The Emotion2Vec-S ``extract`` interface: 50 Hz frames of a linear map of 320-sample windows,
+    utterance = mean of the valid frames."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.config = SimpleNamespace(embed_dim=dim)
+        self.proj = nn.Linear(320, dim)
+
+    def extract(self, wav, lengths):
+        n = wav.shape[1] // 320
+        frames = torch.tanh(self.proj(wav[:, :n * 320].reshape(len(wav), n, 320)))
+        frame_lengths = lengths // 320
+        frames = frames * (torch.arange(n)[None, :] < frame_lengths[:, None]).unsqueeze(-1)
+        return {"frames": frames, "frame_lengths": frame_lengths,
+                "utterance": frames.sum(1) / frame_lengths[:, None]}
+
+
+def waves(lengths, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate(lengths):
+        t = np.arange(n) / SR
+        out.append((0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t) + 0.05 * rng.standard_normal(n)).astype(np.float32))
+    return out
+
+
+def pad(ws: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(w) for w in ws])
+    out = torch.zeros(len(ws), int(lens.max()))
+    for i, w in enumerate(ws):
+        out[i, :len(w)] = torch.from_numpy(w)
+    return out, lens
+
+
+def make_batch(lengths=(8000, 12800), responses=RESPONSES, prompts=None) -> dict:
+    wav, lens = pad(waves(lengths))
+    return {"wav": wav, "wav_lens": lens, "prompts": list(prompts or [PROMPT] * len(lengths)),
+            "responses": list(responses[:len(lengths)])}
+
+
+def compose_model(preset: str, overrides: list[str], tmp_path: Path):
+    """conf/model/<preset>.yaml composed as cfg.model would be, without the e2v group (another module's)."""
+    stub = tmp_path / "stub_conf"
+    (stub / "e2v").mkdir(parents=True, exist_ok=True)
+    for name in ("base", "tiny"):  # only needed until conf/model/e2v/ exists; deleted by ~e2v either way
+        (stub / "e2v" / f"{name}.yaml").write_text("{}\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base=None):
+        return compose(preset, overrides=["~e2v", f"hydra.searchpath=[file://{stub}]", *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(**TINY_WHISPER)).save_pretrained(root / "whisper")
+    WhisperFeatureExtractor().save_pretrained(root / "whisper")
+    tok = train_tokenizer(CORPUS, vocab_size=400)
+    tok.save_pretrained(root / "lm")
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 **TINY_LM)).save_pretrained(root / "lm")
+    return {"whisper": root / "whisper", "lm": root / "lm", "conf": root}
+
+
+def build_tiny(tiny_dirs, *overrides: str, acoustic: nn.Module | None = None):
+    cfg = compose_model("c2ser_tiny", [f"encoder.name_or_path={tiny_dirs['whisper']}",
+                                       f"llm.name_or_path={tiny_dirs['lm']}", *overrides], tiny_dirs["conf"])
+    torch.manual_seed(0)
+    return build_alm(cfg, acoustic=acoustic or StandInE2V(16))
+
+
+# --- Whisper front end -------------------------------------------------------------
+
+@pytest.mark.parametrize("padding", ["30s", "batch"])
+def test_log_mel_matches_whisper_feature_extractor(padding):
+    fe = WhisperFeatureExtractor()
+    frontend = WhisperFrontend.build(config=TINY_WHISPER, padding=padding)
+    ws = waves([8000, 12345, 4000])
+    ref = torch.from_numpy(fe(ws, sampling_rate=SR, return_tensors="np").input_features)
+    mel, mel_lens = frontend.log_mel(*pad(ws))
+    if padding == "30s":
+        assert mel.shape == ref.shape == (3, 80, 3000)
+    else:  # only as many frames as the longest utterance needs (+ the STFT window), still even
+        frames = math.ceil((12345 + 400) / 160)
+        assert mel.shape[2] == frames + frames % 2
+    torch.testing.assert_close(mel, ref[:, :, :mel.shape[2]], atol=1e-5, rtol=1e-5)
+    assert mel_lens.tolist() == [50, 78, 25]  # ceil(n / 160), the feature extractor's attention mask
+
+
+def test_whisper_30s_mode_is_the_hf_encoder(tiny_dirs):
+    frontend = WhisperFrontend.build(str(tiny_dirs["whisper"]), padding="30s", downsample=1).eval()
+    encoder = WhisperModel.from_pretrained(tiny_dirs["whisper"]).encoder.eval()
+    ws = waves([8000, 12800])
+    ref = encoder(torch.from_numpy(WhisperFeatureExtractor()(ws, sampling_rate=SR, return_tensors="np")
+                                   .input_features)).last_hidden_state
+    frames, lens = frontend.encode(*pad(ws))
+    assert frames.shape == (2, 1500, 32) and lens.tolist() == [1500, 1500]
+    torch.testing.assert_close(frames, ref, atol=1e-4, rtol=1e-4)
+    assert not any(p.requires_grad for p in frontend.parameters())  # freeze defaults to true
+
+
+def test_whisper_batch_mode_is_batch_invariant_and_downsamples(tiny_dirs):
+    frontend = WhisperFrontend.build(str(tiny_dirs["whisper"]), padding="batch", downsample=4).eval()
+    ws = waves([8000, 20000])
+    frames, lens = frontend.encode(*pad(ws))
+    assert lens.tolist() == [25, 63]  # ceil(ceil(n / 160) / 2): 50 Hz
+    alone, alone_lens = frontend.encode(*pad(ws[:1]))
+    assert alone_lens.tolist() == [25]
+    torch.testing.assert_close(frames[0, :25], alone[0, :25], atol=1e-5, rtol=1e-5)
+    assert frames[0, 25:].abs().max() == 0
+    reduced, reduced_lens = frontend(*pad(ws))
+    assert reduced.shape[2] == 4 * 32 and reduced_lens.tolist() == [7, 16] and frontend.frame_rate == 12.5
+    torch.testing.assert_close(reduced[1, 2], frames[1, 8:12].reshape(-1))
+
+
+def test_stack_frames_concatenates_and_zeroes_padding():
+    frames = torch.arange(2 * 7 * 3, dtype=torch.float32).reshape(2, 7, 3)
+    out, lens = stack_frames(frames, torch.tensor([7, 5]), 3)
+    assert out.shape == (2, 3, 9) and lens.tolist() == [3, 2]
+    torch.testing.assert_close(out[0, 1], frames[0, 3:6].reshape(-1))
+    torch.testing.assert_close(out[0, 2], torch.cat([frames[0, 6], torch.zeros(6)]))
+    torch.testing.assert_close(out[1, 1], torch.cat([frames[1, 3:5].reshape(-1), torch.zeros(3)]))
+
+
+# --- connectors -----------------------------------------------------------------------
+
+def test_transformer_connector_ignores_padding():
+    torch.manual_seed(0)
+    conn = TransformerConnector(12, 20, d_model=16, layers=2, heads=4, ffn=32).eval()
+    x = torch.randn(2, 7, 12)
+    lens = torch.tensor([4, 7])
+    out, out_lens = conn(x, lens)
+    garbage = x.clone()
+    garbage[0, 4:] = 100 * torch.randn(3, 12)
+    out2, _ = conn(garbage, lens)
+    assert out.shape == (2, 7, 20) and out_lens.tolist() == [4, 7]
+    torch.testing.assert_close(out[0, :4], out2[0, :4])
+    assert not torch.allclose(out[0, 4:], out2[0, 4:])
+
+
+def test_mlp_adapter_token_budget_and_fixed_stack():
+    torch.manual_seed(0)
+    adapter = MLPAdapter(8, 24, hidden=16, num_tokens=100, in_frames=1500)
+    kinds = [type(m) for m in adapter.mlp]
+    assert kinds == [nn.Linear, nn.SiLU, nn.Linear, nn.SiLU, nn.Linear]  # two hidden layers, SiLU
+    assert adapter.k == 15 and adapter.mlp[0].in_features == 15 * 8
+    x = torch.randn(2, 600, 8)
+    out, lens = adapter(x, torch.tensor([600, 450]))
+    assert out.shape == (2, 100, 24) and lens.tolist() == [100, 100]
+    torch.testing.assert_close(out[1, 0], adapter.mlp(x[1, :15].reshape(-1)))
+    torch.testing.assert_close(out[1, 50], adapter.mlp(torch.zeros(120)))  # frame 750 on: zero padding
+    with pytest.raises(ValueError, match="exceed"):
+        adapter(torch.randn(1, 1501, 8), torch.tensor([1501]))
+    with pytest.raises(ValueError, match="multiple"):
+        MLPAdapter(8, 24, hidden=16, num_tokens=7, in_frames=1500)
+    fixed = MLPAdapter(8, 24, hidden=16, stack=4)
+    out, lens = fixed(torch.randn(2, 10, 8), torch.tensor([10, 5]))
+    assert out.shape == (2, 3, 24) and lens.tolist() == [3, 2]
+
+
+# --- real-size shapes on the meta device --------------------------------------------------
+
+def test_real_size_c2ser_on_meta_device(tmp_path):
+    cfg = compose_model("c2ser", ["encoder.name_or_path=null", "llm.name_or_path=null"], tmp_path)
+    tok = train_tokenizer(CORPUS, vocab_size=300)
+    with torch.device("meta"):
+        model = build_alm(cfg, acoustic=StandInE2V(768), tokenizer=tok)
+
+    enc = model.semantic.encoder
+    assert enc.config.d_model == 1024 and len(enc.layers) == 24 and enc.conv1.in_channels == 80
+    assert enc.layers[0].fc1.weight.shape == (4096, 1024) and model.semantic.out_dim == 4096
+
+    for name, in_dim in (("semantic", 4096), ("acoustic", 768)):
+        conn = model.connectors[name]
+        assert conn.proj.weight.shape == (1024, in_dim)
+        assert len(conn.encoder.layers) == 4
+        block = conn.encoder.layers[0]
+        assert block.self_attn.num_heads == 4 and block.self_attn.embed_dim == 1024
+        assert block.linear1.weight.shape == (2560, 1024) and block.linear2.weight.shape == (1024, 2560)
+        assert conn.out.weight.shape == (3584, 1024)
+    assert model.utterance_proj.weight.shape == (3584, 768)
+
+    lm = model.lm.get_base_model()
+    c = lm.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+            c.intermediate_size) == (3584, 28, 28, 4, 18944)
+    assert lm.get_input_embeddings().weight.shape == (152064, 3584)
+    attn = lm.model.layers[0].self_attn
+    assert attn.k_proj.base_layer.weight.shape == (512, 3584)  # 4 kv heads x 128
+
+    lora = {n: m for n, m in lm.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert len(lora) == 28 * 6
+    assert {n.rsplit(".", 1)[1] for n in lora} == LORA_TARGETS
+    assert all(m.r["default"] == 8 and m.scaling["default"] == 32 / 8 and m.lora_dropout["default"].p == 0.1
+               for m in lora.values())
+    shapes = {"q_proj": (3584, 3584), "k_proj": (3584, 512), "v_proj": (3584, 512), "o_proj": (3584, 3584),
+              "gate_proj": (3584, 18944), "down_proj": (18944, 3584)}
+    lora_params = 28 * sum(8 * (i + o) for i, o in shapes.values())
+    assert sum(p.numel() for p in model.lm.parameters() if p.requires_grad) == lora_params
+    assert not any(p.requires_grad for p in model.acoustic.parameters())  # Emotion2Vec-S frozen
+
+
+# --- tiny end to end ----------------------------------------------------------------
+
+def test_tokens_are_spliced_in_time_order_acoustic_first(tiny_dirs):
+    model = build_tiny(tiny_dirs).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        tokens = model.audio_tokens(batch)
+        e2v = model.acoustic.extract(batch["wav"], batch["wav_lens"])
+        utt = model.utterance_proj(e2v["utterance"])
+        ac, ac_lens = model.connectors["acoustic"](e2v["frames"], e2v["frame_lengths"])
+        sem, sem_lens = model.connectors["semantic"](*model.semantic(batch["wav"], batch["wav_lens"]))
+    for i in range(2):
+        want = torch.cat([utt[i:i + 1], ac[i, :ac_lens[i]], sem[i, :sem_lens[i]]])
+        torch.testing.assert_close(tokens[i], want)
+    assert [len(t) for t in tokens] == [1 + 25 + 7, 1 + 40 + 10]
+
+
+def test_prompt_template_and_placeholder(tiny_dirs):
+    model = build_tiny(tiny_dirs)
+    ids = model.prompt_ids(PROMPT)
+    text = model.tokenizer.decode(ids)
+    assert text == f"<|im_start|>user\n{AUDIO_TOKEN}{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    assert model.prompt_ids(f"Listen: {AUDIO_TOKEN} {PROMPT}").count(model.audio_token_id) == 1
+    with pytest.raises(ValueError, match="exactly once"):
+        model.prompt_ids(f"{AUDIO_TOKEN}{AUDIO_TOKEN}{PROMPT}")
+
+
+def test_forward_loss_is_masked_to_the_target(tiny_dirs):
+    model = build_tiny(tiny_dirs).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+    assert torch.isfinite(out.loss)
+    for i, response in enumerate(RESPONSES):
+        target = model.target_ids(response)
+        assert out.labels[i][out.labels[i] != IGNORE_INDEX].tolist() == target
+        assert target[-1] == model.tokenizer.eos_token_id
+    # the loss is the CE over target positions only, whatever the logits say elsewhere
+    logits, labels = out.logits[:, :-1], out.labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    torch.testing.assert_close(out.loss, F.cross_entropy(logits[keep], labels[keep]))
+    unmasked = torch.where(keep, labels, 0)  # "labels" on prompt/audio/padding positions change the value
+    assert not torch.isclose(out.loss, F.cross_entropy(logits.flatten(0, 1), unmasked.flatten()))
+    with torch.no_grad():
+        other = model(make_batch(responses=["The emotion is anger.", "The emotion is fear."]))
+        other_prompt = model(make_batch(prompts=["Describe the speaking rate, pitch and volume."] * 2))
+    assert not torch.isclose(out.loss, other.loss)
+    assert other_prompt.labels[other_prompt.labels != IGNORE_INDEX].tolist() == \
+        out.labels[out.labels != IGNORE_INDEX].tolist()
+
+
+def test_overfits_one_batch_and_frozen_parts_get_no_grad(tiny_dirs):
+    model = build_tiny(tiny_dirs)
+    batch = make_batch()
+    model.train()
+    assert not model.semantic.training and not model.acoustic.training  # frozen encoders stay in eval
+    assert model.connectors.training
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model(batch).loss
+        loss.backward()
+        if not losses:
+            assert all(p.grad is None for p in model.semantic.parameters())
+            assert all(p.grad is None for p in model.acoustic.parameters())
+            for part in (model.connectors, model.utterance_proj, model.lm):
+                assert all(p.grad is not None for p in part.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_dirs):
+    model = build_tiny(tiny_dirs).eval()
+    ws = waves([8000, 14400])
+    prompts = [PROMPT, "Describe the speaking rate, pitch and volume, then infer the emotion."]
+    batched = model.generate(*pad(ws), prompts, max_new_tokens=8)
+    single = [model.generate(*pad([w]), [p], max_new_tokens=8)[0] for w, p in zip(ws, prompts)]
+    assert all(isinstance(s, str) for s in batched) and any(batched)
+    assert batched == single
+
+
+def test_lora_trainable_parameters_match_the_formula(tiny_dirs):
+    model = build_tiny(tiny_dirs, "llm.finetune=lora").eval()
+    h, kv, inter, layers, r = 64, 2 * 16, 128, 2, 8
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (inter, h)]  # q k v o gate down
+    lm_trainable = sum(p.numel() for p in model.lm.parameters() if p.requires_grad)
+    assert lm_trainable == layers * sum(r * (i + o) for i, o in shapes)
+    names = {n.split(".lora_")[0].rsplit(".", 1)[1] for n, p in model.lm.named_parameters() if p.requires_grad}
+    assert names == LORA_TARGETS
+    assert len(model.generate(*pad(waves([8000])), [PROMPT], max_new_tokens=3)) == 1
+
+
+def test_forward_from_cached_features_equals_forward_from_waveforms(tiny_dirs):
+    model = build_tiny(tiny_dirs).eval()
+    fns = model.feature_fns()
+    assert sorted(fns) == ["e2v", "e2v_utt", "whisper"]
+    ws = waves([8000, 12800])
+    samples = [{"utt": f"u{i}", "meta": {}, "targets": [], "wav": w, "feats": {n: fn(w) for n, fn in fns.items()}}
+               for i, w in enumerate(ws)]
+    assert samples[0]["feats"]["whisper"].shape == (25, 32) and samples[0]["feats"]["e2v_utt"].shape == (1, 16)
+    cached = collate(samples)
+    del cached["wav"], cached["wav_lens"]
+    cached.update(prompts=[PROMPT] * 2, responses=RESPONSES)
+    with torch.no_grad():
+        from_cache, from_wav = model(cached), model(make_batch())
+    torch.testing.assert_close(from_cache.logits, from_wav.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(from_cache.loss, from_wav.loss, atol=1e-5, rtol=1e-5)
+    for s in samples:  # the utterance embedding stored as [D] (local.models.e2v_features) reads the same
+        s["feats"]["e2v_utt"] = s["feats"]["e2v_utt"][0]
+    flat = {**collate(samples), "prompts": [PROMPT] * 2, "responses": RESPONSES}
+    del flat["wav"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(flat).loss, from_wav.loss, atol=1e-5, rtol=1e-5)
+    # a trainable encoder is not cacheable
+    assert sorted(build_tiny(tiny_dirs, "encoder.freeze=false").feature_fns()) == ["e2v", "e2v_utt"]
+
+
+def test_feature_concat_fusion(tiny_dirs):
+    model = build_tiny(tiny_dirs, "fusion=feature_concat").eval()
+    assert model.acoustic_stack == 4  # 50 Hz acoustic frames onto 12.5 Hz semantic frames
+    assert model.connectors["fused"].proj.in_features == 4 * 32 + 4 * 16
+    batch = make_batch()
+    with torch.no_grad():
+        tokens = model.audio_tokens(batch)
+        out = model(batch)
+    assert [len(t) for t in tokens] == [1 + 7, 1 + 10]  # utterance token + one per semantic frame
+    assert torch.isfinite(out.loss)
+
+
+def test_with_the_real_emotion2vec_s(tiny_dirs):
+    torch.manual_seed(0)
+    e2v = Emotion2VecS(Emotion2VecConfig.preset("tiny"))
+    model = build_tiny(tiny_dirs, acoustic=e2v).eval()
+    assert model.utterance_proj.in_features == e2v.config.embed_dim  # acoustic_dim: null reads it
+    ws = waves([8000, 12800])
+    samples = [{"utt": f"u{i}", "meta": {}, "targets": [], "wav": w,
+                "feats": {n: fn(w) for n, fn in model.feature_fns().items()}} for i, w in enumerate(ws)]
+    cached = {**collate(samples), "prompts": [PROMPT] * 2, "responses": RESPONSES}
+    del cached["wav"]
+    batch = make_batch()
+    with torch.no_grad():
+        from_wav = model(batch)
+        frames = e2v.extract(batch["wav"], batch["wav_lens"])["frame_lengths"]
+        tokens = model.audio_tokens(batch)
+        torch.testing.assert_close(model(cached).loss, from_wav.loss, atol=1e-4, rtol=1e-4)
+    assert [len(t) for t in tokens] == [1 + int(frames[0]) + 7, 1 + int(frames[1]) + 10]
+
+
+def test_meralion_adapters_give_fixed_token_budgets(tiny_dirs):
+    """AudioLLM-Reasoning's layout: 30 s Whisper -> 100 speech tokens, emotion frames -> 10 tokens."""
+    model = build_tiny(tiny_dirs, "connector=meralion", "encoder.padding=30s", "encoder.downsample=1",
+                       "connector.semantic.hidden=32", "connector.acoustic.hidden=32",
+                       "audio_prefix='<audio_start><|audio|><audio_end> '").eval()
+    assert model.connectors["semantic"].k == 15 and model.connectors["acoustic"].k == 150
+    batch = make_batch()
+    with torch.no_grad():
+        tokens = model.audio_tokens(batch)
+        out = model(batch)
+    assert [len(t) for t in tokens] == [1 + 10 + 100] * 2
+    assert torch.isfinite(out.loss)
+    assert model.tokenizer.decode(model.prompt_ids(PROMPT)).startswith("<|im_start|>user\n<audio_start><|audio|>")
