@@ -50,6 +50,8 @@ test_sets="test"      # data/<set> for each test set, space separated
 data_root=data        # where data dirs live (relative to the recipe dir)
 dump_root=dump        # shards and caches
 exp_root=exp          # models, decodes, results
+experiment_suffix=""  # the experiment config is experiment/<system><suffix> (a recipe sets e.g. _mini)
+baselines=auto        # ablations trained beside the system (conf/baseline/); auto: those of the system's paper
 # Hydra overrides passed through to each stage's entry point, e.g. "format.max_dur=15".
 prepare_args=""
 format_args=""
@@ -102,12 +104,20 @@ fi
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
-built_stages="0 1 2 3 4"   # stages this version implements
+built_stages="0 1 2 3 4 5 6 7 9 10"   # stages this version implements
+no_rl_systems="c2ser"                  # systems whose paper has no stage 8: it is a no-op for them
+if [[ " ${no_rl_systems} " == *" ${system} "* ]]; then built_stages+=" 8"; fi
+if [ "${baselines}" = auto ]; then
+  case "${system}" in
+    c2ser) baselines="text_only no_whisper no_e2v no_cot" ;;  # C²SER Tables VI and VIII
+    *) baselines="" ;;
+  esac
+fi
 
 # Refuse up front, before any work, a range that contains a stage not built yet.
 for n in $(seq "${stage}" "${stop_stage}"); do
   if [[ " ${skip_stages} " != *" ${n} "* ]] && [[ " ${built_stages} " != *" ${n} "* ]]; then
-    log "Error: stage ${n} (${stage_names[$n]}) is not built yet in this version of EmoReason."
+    log "Error: stage ${n} (${stage_names[$n]}) is not built yet for --system ${system} in this version of EmoReason."
     log "Built stages: ${built_stages}. Run e.g. '$0 --stop_stage 4', or add '--skip_stages \"...\"'."
     exit 1
   fi
@@ -126,45 +136,67 @@ all_sets="${train_set} ${dev_set} ${test_sets}"
 # Overrides every stage gets: the corpus config and the data layout.
 common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
 train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
+experiment_args="experiment=${system}${experiment_suffix}"
 
-# run_stage N MARKER_DIR COMMAND... : run a stage unless its marker says the same
-# command already finished; a stage that runs makes every later stage run too.
-rerun_rest=false
+# run_stage N MARKER_DIR CHAIN COMMAND... : run a stage unless its marker holds the same command.
+# Stages form chains: "data" (0-5), one per experiment (6, 7, 9) and "all" (10).  A stage that
+# runs makes the later stages of its chain run too, and every stage after a data stage.
+declare -A ran=()
 run_stage() {
-  local n=$1 marker_dir=$2; shift 2
+  local n=$1 marker_dir=$2 chain=$3; shift 3
   local name=${stage_names[$n]}
   local marker=${marker_dir}/.${name}.done
-  local cmd
+  local cmd upstream=false
   cmd=$(printf '%q ' "$@")
   if [ ${stage} -gt "${n}" ] || [ ${stop_stage} -lt "${n}" ] || [[ " ${skip_stages} " == *" ${n} "* ]]; then
     return 0
   fi
-  if ! ${force} && ! ${rerun_rest} && [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${cmd}" ]; then
+  if [ -n "${ran[data]:-}" ] || [ -n "${ran[${chain}]:-}" ] || { [ "${chain}" = all ] && [ ${#ran[@]} -gt 0 ]; }; then
+    upstream=true
+  fi
+  if ! ${force} && ! ${upstream} && [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${cmd}" ]; then
     log "Stage ${n} (${name}): done already (${marker}), skipped"
     return 0
   fi
   log "Stage ${n} (${name}): $*"
   rm -f "${marker}"
-  ${train_cmd} "${exp_root}/log/${n}.${name}.log" "$@"
+  ${train_cmd} "${exp_root}/log/${n}.${name}.${chain}.log" "$@"
   mkdir -p "${marker_dir}"
   echo "${cmd}" > "${marker}"
-  rerun_rest=true
+  ran[${chain}]=true
 }
 
 # shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
-run_stage 0 "${data_root}" ${python} prepare.py ${common_args} ${prepare_args}
-if ${rerun_rest}; then  # stage 0 ran just now
+run_stage 0 "${data_root}" data ${python} prepare.py ${common_args} ${prepare_args}
+if [ -n "${ran[data]:-}" ]; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
     ${python} -m local.bin.validate --report "${data_root}/${s}" || true
   done
 fi
-run_stage 1 "${data_root}" ${python} -m local.bin.format ${common_args} ${format_args}
-run_stage 2 "${data_root}" ${python} -m local.bin.attributes ${common_args} ${attributes_args}
-run_stage 3 "${data_root}" ${python} -m local.bin.targets ${common_args} ${targets_args}
-run_stage 4 "${dump_root}" ${python} -m local.bin.shards ${common_args} ${shards_args}
-
-if [ ${stop_stage} -ge 1 ]; then
+run_stage 1 "${data_root}" data ${python} -m local.bin.format ${common_args} ${format_args}
+run_stage 2 "${data_root}" data ${python} -m local.bin.attributes ${common_args} ${attributes_args}
+run_stage 3 "${data_root}" data ${python} -m local.bin.targets ${common_args} ${targets_args}
+run_stage 4 "${dump_root}" data ${python} -m local.bin.shards ${common_args} ${shards_args}
+if [ ${stop_stage} -ge 1 ] && [ ${stage} -le 4 ]; then
   ${python} -m local.bin.summary --data_root "${data_root}" --dump_root "${dump_root}" ${all_sets}
+fi
+run_stage 5 "${exp_root}/e2vs" data ${python} -m local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
+
+# Stages 6-9 for the system and each of its baselines (conf/baseline/<name>.yaml), each in exp/<exp_name>/.
+for variant in main ${baselines}; do
+  if [ "${variant}" = main ]; then exp_name=${system}; variant_args=""; else
+    exp_name=${system}_${variant}; variant_args="baseline=${variant}"; fi
+  args="${common_args} ${experiment_args} ${variant_args}"
+  run_stage 6 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.sft ${args} ${sft_args}
+  run_stage 7 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.distill ${args} ${distill_args}
+  if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && [[ " ${no_rl_systems} " == *" ${system} "* ]]; then
+    log "Stage 8 (rl): ${system} has no RL stage in its paper; nothing to do"
+  fi
+  run_stage 9 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.decode ${args} ${decode_args}
+done
+run_stage 10 "${exp_root}/${system}" all ${python} -m local.bin.score ${common_args} ${experiment_args} ${score_args}
+if [ ${stop_stage} -ge 10 ] && [ -f "${exp_root}/${system}/results.md" ]; then
+  cat "${exp_root}/${system}/results.md"
 fi
 log "Successfully finished. [elapsed=${SECONDS}s]"

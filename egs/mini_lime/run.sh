@@ -10,4 +10,5 @@ exec ../../run.sh \
   --train_set train \
   --dev_set dev \
   --test_sets "test" \
+  --experiment_suffix _mini \
   "$@"

@@ -36,8 +36,11 @@ own and the LM's KV-cached ``generate`` continues all of them together.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -107,6 +110,7 @@ class AudioLLM(nn.Module):
         self.utterance_proj = utterance_proj
         self.fusion, self.acoustic_stack, self.audio_prefix = fusion, acoustic_stack, audio_prefix
         self.audio_token_id = add_audio_token(tokenizer)
+        self._feature_memo = None  # (wav array, {name: output}) of the last cache_feature call
         self.train()
 
     # --- modes and the feature cache ---------------------------------------------
@@ -134,10 +138,18 @@ class AudioLLM(nn.Module):
 
     @torch.no_grad()
     def cache_feature(self, name: str, wav: np.ndarray) -> np.ndarray:
-        """One utterance's encoder output as the shards store it (valid frames only)."""
-        x = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
-        frames, lengths = self.encoder_features({"wav": x, "wav_lens": torch.tensor([x.shape[1]])}, [name])[name]
-        return frames[0, :int(lengths[0])].float().cpu().numpy()
+        """One utterance's encoder output as the shards store it (valid frames only).
+
+        The shard writer asks for each name in turn with the same array; all
+        names are computed on the first call and kept for that array, so
+        Emotion2Vec-S runs once for its frames and its utterance embedding.
+        """
+        if self._feature_memo is None or self._feature_memo[0] is not wav:
+            x = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
+            feats = self.encoder_features({"wav": x, "wav_lens": torch.tensor([x.shape[1]])})
+            self._feature_memo = (wav, {n: frames[0, :int(lengths[0])].float().cpu().numpy()
+                                        for n, (frames, lengths) in feats.items()})
+        return self._feature_memo[1][name]
 
     @property
     def device(self) -> torch.device:
@@ -178,7 +190,7 @@ class AudioLLM(nn.Module):
             streams.append((utt[:, None], torch.ones(len(utt), dtype=torch.long)))
         if self.fusion == "time_concat":
             if "e2v" in feats:
-                streams.append(self.connect("acoustic", *feats["e2v"]))
+                streams.append(self.connect("acoustic", *stack_frames(*feats["e2v"], self.acoustic_stack)))
             if "whisper" in feats:
                 streams.append(self.connect("semantic", *self.semantic.reduce(*feats["whisper"])))
         else:
@@ -344,11 +356,53 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
         if semantic is not None:
             connectors["semantic"] = instantiate(cfg.connector.semantic, in_dim=semantic.out_dim, out_dim=width)
         if use_frames:
-            connectors["acoustic"] = instantiate(cfg.connector.acoustic, in_dim=acoustic_dim, out_dim=width)
+            stack = cfg.get("acoustic_downsample", 1)
+            connectors["acoustic"] = instantiate(cfg.connector.acoustic, in_dim=stack * acoustic_dim, out_dim=width)
     model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
                      utterance_proj=nn.Linear(acoustic_dim, width) if use_utterance else None,
                      fusion=fusion, acoustic_stack=stack, audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN))
+    model.config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what save_alm writes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("audio LLM: %s, %d trainable of %d parameters", ", ".join(model.feature_names()) or "no audio",
              trainable, sum(p.numel() for p in model.parameters()))
     return model
+
+
+# --- saving and loading a trained model ------------------------------------------
+
+def save_alm(model: AudioLLM, directory: Path | str) -> None:
+    """Write what a later stage needs to rebuild ``model``: its config, tokenizer and trained weights.
+
+    Only trainable tensors are stored (LoRA, connectors, a fully fine-tuned tiny
+    LM): frozen parts come back from where ``model_cfg`` says (a pretrained
+    checkpoint, a seeded random init), so a 7B model costs megabytes, not 15 GB.
+    The dir is written under a temporary name and renamed.
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cfg = model.config.copy()
+    cfg.llm.tokenizer = "tokenizer"  # relative to the model dir
+    OmegaConf.save(cfg, tmp / "model.yaml")
+    model.tokenizer.save_pretrained(tmp / "tokenizer")
+    torch.save({n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}, tmp / "trained.pt")
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+def load_alm(directory: Path | str, device: str | torch.device = "cpu",
+             acoustic: nn.Module | None = None) -> AudioLLM:
+    """Rebuild a model written by :func:`save_alm`; every trained tensor must find its place."""
+    directory = Path(directory)
+    cfg = OmegaConf.load(directory / "model.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    model = build_alm(cfg, acoustic=acoustic, tokenizer=tokenizer)
+    state = torch.load(directory / "trained.pt", map_location="cpu", weights_only=True)
+    result = model.load_state_dict(state, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if result.unexpected_keys or trainable - set(state):
+        raise ValueError(f"{directory}: weights do not fit the model: unexpected {result.unexpected_keys[:5]}, "
+                         f"missing {sorted(trainable - set(state))[:5]}")
+    return model.to(device)

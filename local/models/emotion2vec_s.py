@@ -806,3 +806,20 @@ def _reconcile_head(config: Emotion2VecConfig, mapped: dict[str, Tensor], report
         return replace(config, labels=PLUS_LABELS)
     raise ValueError(f"{report.source}: the head has {classes} classes but the config names "
                      f"{len(config.labels)} labels; give the config.yaml with its token_list")
+
+
+def build_e2v(path: str | None = None, size: str = "tiny", init_seed: int = 0) -> Emotion2VecS:
+    """The acoustic encoder of the audio LLM (``conf/model/e2v/*.yaml``'s ``_target_``).
+
+    ``path``: stage 5's ``exp/e2vs/model``, an official release or ``.pt``; null
+    builds a seeded random ``size`` model (tests; the untrained baseline).
+    """
+    if path:
+        model, report = load_emotion2vec(path, size=size)
+        logger.info("Emotion2Vec-S from %s: %s", path, report.summary())
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = Emotion2VecS(Emotion2VecConfig.preset(size))
+        model.reset_parameters()
+    return model

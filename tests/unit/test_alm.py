@@ -83,14 +83,10 @@ def make_batch(lengths=(8000, 12800), responses=RESPONSES, prompts=None) -> dict
 
 
 def compose_model(preset: str, overrides: list[str], tmp_path: Path):
-    """conf/model/<preset>.yaml composed as cfg.model would be, without the e2v group (another module's)."""
-    stub = tmp_path / "stub_conf"
-    (stub / "e2v").mkdir(parents=True, exist_ok=True)
-    for name in ("base", "tiny"):  # only needed until conf/model/e2v/ exists; deleted by ~e2v either way
-        (stub / "e2v" / f"{name}.yaml").write_text("{}\n")
+    """conf/model/<preset>.yaml composed as cfg.model would be, the trained e2v replaced by the test's."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base=None):
-        return compose(preset, overrides=["~e2v", f"hydra.searchpath=[file://{stub}]", *overrides])
+        return compose(preset, overrides=["~e2v", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -253,12 +249,13 @@ def test_tokens_are_spliced_in_time_order_acoustic_first(tiny_dirs):
         tokens = model.audio_tokens(batch)
         e2v = model.acoustic.extract(batch["wav"], batch["wav_lens"])
         utt = model.utterance_proj(e2v["utterance"])
-        ac, ac_lens = model.connectors["acoustic"](e2v["frames"], e2v["frame_lengths"])
+        # c2ser_tiny concatenates 4 Emotion2Vec-S frames per token (acoustic_downsample)
+        ac, ac_lens = model.connectors["acoustic"](*stack_frames(e2v["frames"], e2v["frame_lengths"], 4))
         sem, sem_lens = model.connectors["semantic"](*model.semantic(batch["wav"], batch["wav_lens"]))
     for i in range(2):
         want = torch.cat([utt[i:i + 1], ac[i, :ac_lens[i]], sem[i, :sem_lens[i]]])
         torch.testing.assert_close(tokens[i], want)
-    assert [len(t) for t in tokens] == [1 + 25 + 7, 1 + 40 + 10]
+    assert [len(t) for t in tokens] == [1 + 7 + 7, 1 + 10 + 10]  # 25 and 40 frames -> ceil(/4)
 
 
 def test_prompt_template_and_placeholder(tiny_dirs):
@@ -391,7 +388,7 @@ def test_with_the_real_emotion2vec_s(tiny_dirs):
         frames = e2v.extract(batch["wav"], batch["wav_lens"])["frame_lengths"]
         tokens = model.audio_tokens(batch)
         torch.testing.assert_close(model(cached).loss, from_wav.loss, atol=1e-4, rtol=1e-4)
-    assert [len(t) for t in tokens] == [1 + int(frames[0]) + 7, 1 + int(frames[1]) + 10]
+    assert [len(t) for t in tokens] == [1 + -(-int(frames[0]) // 4) + 7, 1 + -(-int(frames[1]) // 4) + 10]
 
 
 def test_meralion_adapters_give_fixed_token_budgets(tiny_dirs):

@@ -58,10 +58,10 @@ def test_launcher_slurm_backend_calls_srun(tmp_path):
 
 
 def test_run_sh_refuses_unbuilt_stages_up_front(tmp_path):
-    out = subprocess.run(["egs/mini_lime/run.sh", "--stage", "3", "--stop_stage", "6",
+    out = subprocess.run(["egs/mini_lime/run.sh", "--system", "cogaudio", "--stage", "3", "--stop_stage", "8",
                           "--exp_root", str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1
-    assert "stage 5 (pretrain) is not built yet" in out.stdout
+    assert "stage 8 (rl) is not built yet for --system cogaudio" in out.stdout
     assert not (tmp_path / "exp").exists()  # refused before doing anything
 
 

@@ -1,0 +1,282 @@
+"""Stage 9: batched generation over a test set, one hypothesis per utterance.
+
+Batches come from either source through the same :func:`local.data.loader.collate`:
+
+* the set's shards (stage 4), read in order by a one-rank, unshuffled
+  :class:`~local.data.loader.ShardLoader`, which can also feed cached encoder
+  features;
+* a plain Kaldi data dir, e.g. a user's own (``wav.scp`` is all it needs; no
+  ``utt2emo`` means no references, and stage 10 then reports output
+  statistics only): utterances are sorted by duration and cut into batches
+  like the loader's, and only one batch of audio is in memory at a time.
+
+Time is measured around ``generate`` alone (``time.perf_counter``, the GPU
+synchronised before reading the clock), so data loading does not count and
+explicit vs implicit decoding compare what the model costs.
+
+A decode dir holds ``hyps.jsonl`` (records sorted by utterance: utt, hyp,
+label, subset, lang, text, n_tokens) and ``timing.json`` (n, seconds,
+sec_per_utt, tokens_per_utt, and which set / mode / model it was).
+``n_tokens`` counts the output re-tokenised without special tokens: the end
+of sequence token is not part of it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
+from local.data.kaldi import DataDir, DataDirError
+from local.data.loader import ShardLoader, bucket_batches, collate
+from local.data.shards import MANIFEST, _records, load_manifest
+from local.models.alm import AudioLLM
+from local.train.sft import with_transcript
+from local.utils.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+HYPS, TIMING = "hyps.jsonl", "timing.json"
+SOURCES = ("auto", "shards", "data")
+
+
+def generation_kwargs(max_new_tokens: int, sample: bool = False, temperature: float = 0.7,
+                      top_p: float = 0.9) -> dict:
+    """``generate`` options: greedy, or nucleus sampling.
+
+    C²SER does not state its decoding settings; greedy is the default, and
+    temperature 0.7 / top-p 0.9 are our choice for the sampling option.
+    """
+    kwargs = {"max_new_tokens": int(max_new_tokens), "do_sample": bool(sample)}
+    if sample:
+        kwargs.update(temperature=float(temperature), top_p=float(top_p))
+    return kwargs
+
+
+# --- sources of batches ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestSet:
+    name: str                 # decode dirs are decode_<name>_<mode>
+    data_dir: Path
+    shard_dir: Path | None    # None: decode from the data dir
+
+
+def resolve_test_set(entry: str, data_root: Path | str, dump_root: Path | str,
+                     shard_subdir: str = "shards", source: str = "auto") -> TestSet:
+    """Where a ``test_sets`` entry lives: a set name under ``data_root``, or any data dir path.
+
+    A set name's decode dirs are named after it, a path's after its last
+    component.  ``source="auto"`` uses a set's shards
+    (``<dump_root>/<name>/<shard_subdir>``) when they are complete, else its
+    data dir; a path outside ``data_root`` has no shards.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"decode source must be one of {SOURCES}, got '{source}'")
+    name = Path(entry).name
+    in_root = not Path(entry).is_absolute() and (Path(data_root) / entry).is_dir()
+    if in_root or not Path(entry).is_dir():
+        data_dir, shard_dir = Path(data_root) / entry, Path(dump_root) / name / shard_subdir
+    else:  # a path to a data dir outside the recipe
+        data_dir, shard_dir = Path(entry), None
+    has_shards = shard_dir is not None and (shard_dir / MANIFEST).is_file()
+    if source == "shards" and not has_shards:
+        raise FileNotFoundError(f"{shard_dir or data_dir}: no complete shards (stage 4) for test set '{entry}'")
+    if not has_shards or source == "data":
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"test set '{entry}': neither {data_dir} nor {shard_dir} exists")
+        return TestSet(name, data_dir, None)
+    return TestSet(name, data_dir, shard_dir)
+
+
+class DataDirBatches:
+    """Collated batches straight from a data dir's ``wav.scp`` (and ``segments``), shortest first.
+
+    Durations come from ``utt2dur``, ``segments`` or the audio file headers
+    (a ``cmd |`` entry counts as 0 s); the audio itself is read batch by
+    batch.  An utterance whose audio cannot be read is logged, left out and
+    kept in ``rejected`` (utt -> reason).
+    """
+
+    def __init__(self, data_dir: Path | str, batch_size: int | None, max_seconds: float | None = None):
+        self.data_dir = Path(data_dir)
+        data = load_decode_dir(self.data_dir)
+        self.records = _records(data, None)
+        self.rejected: dict[str, str] = {u: "no audio: missing from wav.scp (or segments)"
+                                         for u, r in self.records.items() if r["source"] is None}
+        self.utts = [u for u in data.utts if u not in self.rejected]
+        durs = [(u, self._duration(data, u)) for u in self.utts]
+        self.plan = list(bucket_batches(durs, len(durs), batch_size, max_seconds, None))
+
+    def _duration(self, data: DataDir, utt: str) -> float:
+        try:
+            if "utt2dur" in data and utt in data["utt2dur"]:
+                return float(data["utt2dur"][utt])
+            spec, start, end = self.records[utt]["source"]
+            if end is not None:
+                return end - start
+            if spec.rstrip().endswith("|"):
+                return 0.0
+            sr, _, frames = audio_info(spec)
+            return frames / sr
+        except (ValueError, RuntimeError, OSError):
+            return 0.0  # unknown: reading the audio will tell what is wrong with it
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.plan:
+            samples = []
+            for utt in batch:
+                spec, start, end = self.records[utt]["source"]
+                try:
+                    wav = read_audio(spec, utt, start=start, end=end)
+                except AudioError as e:
+                    log.warning("%s: rejected %s: %s", self.data_dir, utt, e)
+                    self.rejected[utt] = str(e)
+                    continue
+                meta = {**self.records[utt]["meta"], "dur": len(wav) / SAMPLE_RATE}
+                samples.append({"utt": utt, "meta": meta, "targets": [], "wav": wav, "feats": {}})
+            if samples:
+                yield collate(samples)
+
+
+def load_decode_dir(path: Path) -> DataDir:
+    """A data dir that may be only ``wav.scp`` (+ ``segments``); no ``utt2spk`` means one speaker per utterance."""
+    data = DataDir.load(path)
+    if "wav.scp" not in data:
+        raise DataDirError(path / "wav.scp", None, "is missing; decoding needs it")
+    if "utt2spk" not in data:
+        utts = data["segments"] if "segments" in data else data["wav.scp"]
+        data["utt2spk"] = {utt: utt for utt in utts}
+    return data
+
+
+def open_batches(test_set: TestSet, model: AudioLLM, batch_size: int | None, max_seconds: float | None = None,
+                 features: Sequence[str] | None = None, num_workers: int = 0
+                 ) -> tuple[Iterable[dict], list[str]]:
+    """(batches, the utterance ids they must cover) of a test set.
+
+    ``features`` names cached shard features to read instead of running the
+    encoders; None takes every feature the model uses that the shards hold.
+    """
+    if test_set.shard_dir is None:
+        source = DataDirBatches(test_set.data_dir, batch_size, max_seconds)
+        return source, source.utts
+    manifest = load_manifest(test_set.shard_dir)
+    if features is None:
+        features = [n for n in model.feature_names() if n in manifest["features"]]
+    loader = ShardLoader(test_set.shard_dir, batch_size=batch_size, max_seconds=max_seconds, shuffle=False,
+                         rank=0, world_size=1, num_workers=num_workers, features=list(features),
+                         load_audio=not set(model.feature_names()) <= set(features))
+    return loader, list(manifest["utts"])
+
+
+# --- decoding ------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwargs: Mapping | None = None,
+           *, transcript_in_prompt: bool = False) -> tuple[list[dict], dict]:
+    """Generate for every utterance of ``loader``; (records sorted by utt, timing).
+
+    ``transcript_in_prompt`` writes each transcript into the prompt, as the
+    text-only cascade was trained (local.train.sft.with_transcript).  An
+    utterance that comes twice is an error: the loader must be one rank, one pass.
+    """
+    model.eval()
+    records, seconds = {}, 0.0
+    for batch in loader:
+        again = [u for u in batch["utts"] if u in records]
+        if again:
+            raise RuntimeError(f"utterance(s) {again[:3]} decoded twice: the loader must yield each once")
+        prompts = [instruction] * len(batch["utts"])
+        if transcript_in_prompt:
+            missing = [u for u, m in zip(batch["utts"], batch["meta"]) if not m.get("text")]
+            if missing:
+                raise ValueError(f"the prompt needs the transcript, and {missing[:3]} have none (text table)")
+            prompts = [with_transcript(instruction, m["text"]) for m in batch["meta"]]
+        _sync(model.device)
+        start = time.perf_counter()
+        hyps = model.generate(batch.get("wav"), batch.get("wav_lens"), prompts,
+                              feats=batch.get("feats"), feat_lens=batch.get("feat_lens"), **(gen_kwargs or {}))
+        _sync(model.device)
+        seconds += time.perf_counter() - start
+        for utt, meta, hyp in zip(batch["utts"], batch["meta"], hyps):
+            records[utt] = {"utt": utt, "hyp": hyp, "label": meta.get("label"),
+                            "subset": meta.get("subset"), "lang": meta.get("lang"), "text": meta.get("text"),
+                            "n_tokens": len(model.tokenizer(hyp, add_special_tokens=False).input_ids)}
+    out = [records[u] for u in sorted(records)]
+    n = len(out)
+    timing = {"n": n, "seconds": seconds, "sec_per_utt": seconds / n if n else None,
+              "tokens_per_utt": sum(r["n_tokens"] for r in out) / n if n else None}
+    return out, timing
+
+
+def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kwargs: Mapping, *,
+                    batch_size: int | None, max_seconds: float | None = None,
+                    features: Sequence[str] | None = None, num_workers: int = 0,
+                    transcript_in_prompt: bool = False) -> tuple[list[dict], dict]:
+    """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once."""
+    loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers)
+    records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt)
+    rejected = getattr(loader, "rejected", {})
+    want = sorted(set(expected) - set(rejected))
+    got = [r["utt"] for r in records]
+    if got != want:
+        lost, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise RuntimeError(f"{test_set.name}: decoding missed {lost[:3]} and added {extra[:3]} "
+                           f"({len(lost)} / {len(extra)} utterances)")
+    timing["rejected"] = len(rejected)
+    return records, timing
+
+
+# --- decode dirs ---------------------------------------------------------------------
+
+def write_decode_dir(out_dir: Path | str, records: Sequence[Mapping], timing: Mapping) -> None:
+    """``hyps.jsonl`` (sorted by utt) and ``timing.json``, each written atomically."""
+    out_dir = Path(out_dir)
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sorted(records, key=lambda r: r["utt"]))
+    write_text_atomic(out_dir / HYPS, lines)
+    write_text_atomic(out_dir / TIMING, json.dumps(dict(timing), indent=2, ensure_ascii=False) + "\n")
+
+
+def read_hyps(path: Path | str) -> list[dict]:
+    """The records of a ``hyps.jsonl``; a malformed line is an error naming it."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataDirError(path, lineno, f"not valid JSON: {e}") from None
+            if not isinstance(record, dict) or not isinstance(record.get("utt"), str) \
+                    or not isinstance(record.get("hyp"), str):
+                raise DataDirError(path, lineno, "a hypothesis record needs a string 'utt' and 'hyp'")
+            records.append(record)
+    return records
+
+
+def read_decode_dir(decode_dir: Path | str) -> tuple[list[dict], dict]:
+    """(records, timing) of a decode dir; timing is {} when the dir has no timing.json."""
+    decode_dir = Path(decode_dir)
+    timing_path = decode_dir / TIMING
+    timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
+    return read_hyps(decode_dir / HYPS), timing
+
+
+def find_decode_dirs(exp_dir: Path | str) -> dict[str, dict[str, Path]]:
+    """{test set: {mode: decode dir}} of the complete decode dirs in ``exp_dir``, as their timing.json says."""
+    found: dict[str, dict[str, Path]] = {}
+    for timing_path in sorted(Path(exp_dir).glob(f"decode_*/{TIMING}")):
+        timing = json.loads(timing_path.read_text(encoding="utf-8"))
+        if (timing_path.parent / HYPS).is_file() and "set" in timing and "mode" in timing:
+            found.setdefault(timing["set"], {})[timing["mode"]] = timing_path.parent
+    return found

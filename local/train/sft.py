@@ -1,0 +1,184 @@
+"""Supervised fine-tuning of the audio LLM: stage 6 (explicit reasoning) and stage 7 (internalisation).
+
+One mechanism serves every paper: a *schedule* says, for each optimizer step,
+which target type the whole batch trains on (C²SER samples "at batch level"):
+
+* ``explicit`` / ``implicit``: always the one type (Stage I; the no-CoT baseline).
+* ``linear``: the probability of the explicit type decays linearly from 1 to 0
+  over the stage (C²SER §III-D self-distillation).
+* ``mix``: explicit and implicit 1:1 (CogAudio Stage II, Prompt A / Prompt B).
+
+The instruction the model reads is the target type's (local.reasoning.targets
+.TARGET_TYPES); types whose instruction is the question pool draw a question.
+The draw is seeded by (seed, step), so a resumed run draws what the
+uninterrupted one did.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from local.data.loader import ShardLoader
+from local.models.alm import build_alm, load_alm, save_alm
+from local.models.cache import cached_shards
+from local.models.tokenizer import train_tokenizer
+from local.reasoning.prompts import load_prompt, load_questions
+from local.reasoning.targets import TARGET_TYPES
+from local.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("explicit", "implicit", "linear", "mix")
+
+
+@dataclass(frozen=True)
+class TargetSchedule:
+    """Which target type the batch of optimizer step ``step`` (of ``total``) trains on."""
+
+    mode: str
+    explicit: str
+    implicit: str
+    total: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got '{self.mode}'")
+        for t in (self.explicit, self.implicit):
+            if t not in TARGET_TYPES:
+                raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
+
+    def p_explicit(self, step: int) -> float:
+        if self.mode == "linear":
+            return max(0.0, 1.0 - step / max(1, self.total - 1))
+        return {"explicit": 1.0, "implicit": 0.0, "mix": 0.5}[self.mode]
+
+    def pick(self, step: int) -> str:
+        rng = np.random.default_rng([self.seed, step])
+        return self.explicit if rng.random() < self.p_explicit(step) else self.implicit
+
+
+def instruction_for(target_type: str, rng: np.random.Generator) -> str:
+    """The text the model is asked with; the question pool gives one question per draw."""
+    name = TARGET_TYPES[target_type].instruction
+    if name == "questions":
+        pool = load_questions()["emotion"]
+        return pool[int(rng.integers(len(pool)))]
+    return load_prompt(name)
+
+
+def with_transcript(instruction: str, text: str) -> str:
+    """The text-only cascade's prompt: the transcript stands in for the audio."""
+    return f'{instruction}\nTranscript: "{text}"'
+
+
+def select_rows(batch: Mapping, rows: Sequence[int]) -> dict:
+    """The batch restricted to ``rows`` (utterances without the wanted target are dropped)."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[index]
+        elif isinstance(value, list):
+            out[key] = [value[i] for i in rows]
+        elif isinstance(value, dict):
+            out[key] = {k: v[index] for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transcript: bool = False) -> dict | None:
+    """Add "prompts" and "responses" for ``target_type``; None if no utterance has that target."""
+    rng = np.random.default_rng([seed, step, 1])
+    rows, responses = [], []
+    for i, records in enumerate(batch["targets"]):
+        found = [r["target"] for r in records if r["type"] == target_type]
+        if found:
+            rows.append(i)
+            responses.append(found[0])
+    if not rows:
+        return None
+    out = select_rows(batch, rows) if len(rows) < len(batch["targets"]) else dict(batch)
+    prompts = [instruction_for(target_type, rng) for _ in rows]
+    if transcript:
+        prompts = [with_transcript(p, m["text"]) for p, m in zip(prompts, out["meta"])]
+    out["prompts"], out["responses"] = prompts, responses
+    return out
+
+
+# --- what a stage runs --------------------------------------------------------------
+
+def tokenizer_texts(targets_path: Path) -> list[str]:
+    """What a tokenizer for the tiny LM is trained on: every target and instruction it will see."""
+    texts = [load_prompt(t.instruction) for t in TARGET_TYPES.values() if t.instruction != "questions"]
+    texts += [q for pool in load_questions().values() if isinstance(pool, list) for q in pool]
+    with open(targets_path, encoding="utf-8") as f:
+        texts += [json.loads(line)["target"] for line in f]
+    return texts
+
+
+def make_tokenizer(cfg: DictConfig, stage: DictConfig):
+    """The LLM's own tokenizer, or (tiny random LM) one trained on the train targets, kept in the exp dir."""
+    llm = cfg.model.llm
+    if llm.get("name_or_path") or llm.get("tokenizer"):
+        return None
+    path = Path(stage.exp_dir).parent / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        tok = train_tokenizer(tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl"),
+                              vocab_size=stage.tokenizer_vocab)
+        tmp = path.with_name(".tokenizer.tmp")
+        tok.save_pretrained(tmp)
+        tmp.rename(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def run(cfg: DictConfig, stage: DictConfig) -> Path:
+    """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir."""
+    exp_dir = Path(stage.exp_dir)
+    model_dir = exp_dir / "model"
+    if stage.get("init_from"):
+        model = load_alm(stage.init_from)
+    else:
+        model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
+    train_dir, names = cached_shards(model, cfg, cfg.train_set)
+    dev_dir, _ = cached_shards(model, cfg, cfg.dev_set)
+    loader_args = dict(batch_size=stage.batch_size, features=names, seed=cfg.seed,
+                       load_audio=not set(model.feature_names()) <= set(names))
+    train = ShardLoader(train_dir, shuffle=True, **loader_args)
+    valid = ShardLoader(dev_dir, shuffle=False, **loader_args)
+    trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
+    total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
+    schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)
+    transcript = bool(stage.get("transcript_in_prompt"))
+
+    trainer: Trainer | None = None
+
+    def step_fn(m, batch):
+        step = trainer.step if trainer is not None else 0
+        target_type = schedule.pick(step)
+        batch = sft_batch(batch, target_type, step, cfg.seed, transcript)
+        out = m(batch)
+        return out.loss, {"p_explicit": schedule.p_explicit(step)}
+
+    def valid_fn(m, loader):
+        losses = {}
+        for t in dict.fromkeys((stage.explicit, stage.implicit)):
+            values = [float(m(b).loss) for b in (sft_batch(b, t, 0, cfg.seed, transcript) for b in loader) if b]
+            losses[f"loss_{t}"] = float(np.mean(values))
+        losses["loss"] = float(np.mean(list(losses.values())))
+        return losses
+
+    trainer = Trainer(model, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(train, valid, valid_fn)
+    save_alm(trainer.module, model_dir)
+    log.info("saved %s", model_dir)
+    return model_dir
