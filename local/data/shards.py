@@ -46,6 +46,7 @@ import webdataset as wds
 
 from local.data.audio import SAMPLE_RATE, AudioError, read_audio
 from local.data.kaldi import UTT_TABLES, DataDir, DataDirError, parse_dist, parse_kv, write_table
+from local.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +195,6 @@ def _write_shard(job: tuple) -> tuple[list[tuple[str, float]], list[tuple[str, s
     return written, rejected
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
 def _clear(out_dir: Path) -> None:
     """Make the dir incomplete first (manifest gone), then remove what the last run left."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -305,7 +299,7 @@ def write_shards(data_dir: Path | str, out_dir: Path | str, max_shard_size: int,
         "utts": all_utts,
         "durs": durs,
     }
-    _write_json_atomic(out_dir / MANIFEST, manifest)
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False))
     log.debug("%s: %d utterances (%.2f h) in %d shards, %d rejected", out_dir, len(all_utts),
              manifest["hours"], len(shards), len(rejected))
     return manifest

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
 from local.data.kaldi import c_sorted, write_table
 from local.models.emotion2vec_s import Emotion2VecS, load_emotion2vec
+from local.utils.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def model_fingerprint(model_path: Path | str, size: str | None = None) -> dict:
@@ -132,7 +129,7 @@ def write_features(model: Emotion2VecS, wav_scp: Mapping[str, str], out_dir: Pat
     kinds = ["utterance", "frames"] if frames else ["utterance"]
     for kind in kinds:
         (out_dir / kind).mkdir(exist_ok=True)
-    _write_text_atomic(info_path, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
+    write_text_atomic(info_path, json.dumps({"identity": identity, "complete": False}, indent=2) + "\n")
 
     rejected: dict[str, str] = {}
     for utt in wav_scp:
@@ -161,10 +158,10 @@ def write_features(model: Emotion2VecS, wav_scp: Mapping[str, str], out_dir: Pat
         tmp = out_dir / f".{kind}.scp.tmp"
         write_table(tmp, table)
         os.replace(tmp, out_dir / f"{kind}.scp")
-    _write_text_atomic(out_dir / "rejected", "".join(f"{u} {rejected[u]}\n" for u in c_sorted(rejected)))
+    write_text_atomic(out_dir / "rejected", "".join(f"{u} {rejected[u]}\n" for u in c_sorted(rejected)))
     info = {"identity": identity, "complete": True, "num_utts": len(done), "num_rejected": len(rejected),
             "dim": dim if dim is not None else model.config.embed_dim, "frame_rate_hz": FRAME_RATE_HZ}
-    _write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -83,6 +83,8 @@ from fairseq2.models.wav2vec2.position_encoder import Wav2Vec2PositionEncoderLay
 from fairseq2.nn import BatchLayout
 from torch import Tensor, nn
 
+from local.utils.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 #: Output classes of emotion2vec_plus_{seed,base,large} and emotion2vec_base_finetuned, in head order.
@@ -576,7 +578,8 @@ class Emotion2VecS(nn.Module):
         tmp = directory / ".model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"model_type": MODEL_TYPE})
         os.replace(tmp, directory / "model.safetensors")
-        _write_json_atomic(directory / "config.json", {"model_type": MODEL_TYPE, **asdict(self.config)})
+        write_text_atomic(directory / "config.json",
+                          json.dumps({"model_type": MODEL_TYPE, **asdict(self.config)}, indent=2, ensure_ascii=False))
 
     @classmethod
     def from_pretrained(cls, directory: Path | str, map_location: str | torch.device = "cpu") -> "Emotion2VecS":
@@ -602,12 +605,6 @@ def _full_lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
     if lengths.shape != (x.shape[0],) or bool((lengths > x.shape[1]).any()) or bool((lengths < 1).any()):
         raise ValueError(f"lengths {lengths.tolist()} do not fit a batch of shape {tuple(x.shape)}")
     return lengths
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_our_config(path: Path) -> Emotion2VecConfig:
