@@ -11,7 +11,7 @@ from pathlib import Path
 from local.data.attributes import AttributeSettings, add_attributes
 from local.utils.hydra import entry_point
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("attributes")
 
 
 @entry_point

@@ -19,7 +19,7 @@ from local.models.cache import cached_shards
 from local.reasoning.prompts import load_prompt
 from local.utils.hydra import entry_point
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("decode")
 
 
 def default_model_dir(cfg: DictConfig) -> Path:

@@ -15,7 +15,7 @@ from local.models.e2v_features import model_fingerprint, write_features
 from local.models.emotion2vec_s import load_emotion2vec
 from local.utils.hydra import entry_point
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("e2v_extract")
 
 
 @entry_point

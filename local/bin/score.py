@@ -23,7 +23,7 @@ from local.eval.report import score_row, write_results
 from local.reasoning.teacher import CachedTeacher, build_teacher
 from local.utils.hydra import entry_point
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("score")
 
 
 def attribute_row(trained: Callable[[], AttributeBaseline], cfg: DictConfig, entry: str, rows: dict) -> None:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from local.data.shards import write_shards
 from local.utils.hydra import entry_point
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shards")
 
 
 @entry_point

@@ -13,7 +13,7 @@ from local.reasoning.targets import make_targets
 from local.reasoning.teacher import CachedTeacher, build_teacher
 from local.utils.hydra import entry_point
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("targets")
 
 
 @entry_point

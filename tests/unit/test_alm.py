@@ -82,7 +82,7 @@ def make_batch(lengths=(8000, 12800), responses=RESPONSES, prompts=None) -> dict
             "responses": list(responses[:len(lengths)])}
 
 
-def compose_model(preset: str, overrides: list[str], tmp_path: Path):
+def compose_model(preset: str, overrides: list[str]):
     """conf/model/<preset>.yaml composed as cfg.model would be, the trained e2v replaced by the test's."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR / "model"), version_base=None):
@@ -99,12 +99,12 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     tok.save_pretrained(root / "lm")
     Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                  **TINY_LM)).save_pretrained(root / "lm")
-    return {"whisper": root / "whisper", "lm": root / "lm", "conf": root}
+    return {"whisper": root / "whisper", "lm": root / "lm"}
 
 
 def build_tiny(tiny_dirs, *overrides: str, acoustic: nn.Module | None = None):
     cfg = compose_model("c2ser_tiny", [f"encoder.name_or_path={tiny_dirs['whisper']}",
-                                       f"llm.name_or_path={tiny_dirs['lm']}", *overrides], tiny_dirs["conf"])
+                                       f"llm.name_or_path={tiny_dirs['lm']}", *overrides])
     torch.manual_seed(0)
     return build_alm(cfg, acoustic=acoustic or StandInE2V(16))
 
@@ -200,8 +200,8 @@ def test_mlp_adapter_token_budget_and_fixed_stack():
 
 # --- real-size shapes on the meta device --------------------------------------------------
 
-def test_real_size_c2ser_on_meta_device(tmp_path):
-    cfg = compose_model("c2ser", ["encoder.name_or_path=null", "llm.name_or_path=null"], tmp_path)
+def test_real_size_c2ser_on_meta_device():
+    cfg = compose_model("c2ser", ["encoder.name_or_path=null", "llm.name_or_path=null"])
     tok = train_tokenizer(CORPUS, vocab_size=300)
     with torch.device("meta"):
         model = build_alm(cfg, acoustic=StandInE2V(768), tokenizer=tok)
