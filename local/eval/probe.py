@@ -40,12 +40,15 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from sklearn.model_selection import GroupKFold, train_test_split
 from torch import Tensor, nn
 
 from local.data.kaldi import read_table, write_table
 from local.data.labels import EMOTIONS
 from local.eval.metrics import classification_scores
+from local.models.e2v_features import model_fingerprint, write_features
+from local.models.emotion2vec_s import load_emotion2vec
 from local.train.loop import Trainer, load_weights, seed_everything
 
 log = logging.getLogger(__name__)
@@ -258,11 +261,6 @@ def _set_names(opts, cfg) -> list[str]:
 
 def run(cfg) -> dict:
     """Extract features with every encoder of ``cfg.probe.encoders``, probe them, write the results table."""
-    from omegaconf import OmegaConf
-
-    from local.models.e2v_features import model_fingerprint, write_features
-    from local.models.emotion2vec_s import load_emotion2vec
-
     opts = cfg.probe
     if not opts.encoders:
         raise ValueError("probe.encoders is empty: give [{name: ..., model: ...}, ...]")

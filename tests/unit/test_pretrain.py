@@ -256,7 +256,8 @@ def test_continued_pretraining_keeps_the_checkpoint_decoder(funasr_emotion2vec, 
 # --- the stage: kill and resume ---------------------------------------------------------------------
 
 def stage_config(shards, exp_dir, max_steps, save_every, schedule):
-    return compose([f"pretrain.trainer.schedule={schedule}", f"pretrain.exp_dir={exp_dir}", f"pretrain.train_shards={shards}",
+    return compose([f"pretrain.trainer.schedule={schedule}", f"pretrain.exp_dir={exp_dir}",
+                    f"pretrain.train_shards={shards}",
                     "pretrain.valid_shards=null", "pretrain.size=tiny", "pretrain.clone_batch=2",
                     "pretrain.decoder_dim=16", "pretrain.decoder_groups=4", "pretrain.decoder_layers=2",
                     "pretrain.ema_anneal_steps=4", "pretrain.loader.batch_size=4", "pretrain.loader.num_workers=0",

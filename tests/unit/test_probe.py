@@ -99,3 +99,18 @@ def test_stage_writes_the_table_and_the_predictions_it_scored(tmp_path):
     mean_ua = np.mean([r["ua"] for r in results["runs"]["tiny"]])
     assert f"| tiny | {100 * mean_ua:.2f} ± " in (out / "results.md").read_text()
     assert (out / "feats/tiny/test/frames.scp").is_file()
+
+
+def test_given_folds_and_their_missing_dev_sets():
+    from omegaconf import OmegaConf
+
+    from local.eval.probe import _folds
+    sets = {"a": toy(30, 0), "b": toy(30, 1), "c": toy(15, 2)}
+    opts = OmegaConf.create({"protocol": "folds", "dev_fraction": 0.2,
+                             "folds": [{"train": "a", "dev": "b", "test": "c"},
+                                       {"train": "b", "dev": None, "test": "a"}]})
+    (n1, train1, dev1, test1), (n2, train2, dev2, test2) = _folds(opts, OmegaConf.create({"seed": 0}), sets, {})
+    assert (n1, n2) == ("fold1", "fold2")
+    assert train1.utts == sets["a"].utts and dev1.utts == sets["b"].utts and test1.utts == sets["c"].utts
+    assert sorted(train2.utts + dev2.utts) == sorted(sets["b"].utts) and len(dev2.utts) == 6
+    assert test2.utts == sets["a"].utts
