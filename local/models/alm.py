@@ -319,6 +319,29 @@ def load_llm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None
     return lm, tokenizer
 
 
+def new_connectors(cfg: DictConfig, fusion: str, semantic: nn.Module | None, acoustic_dim: int | None,
+                   width: int) -> tuple[dict[str, nn.Module], int]:
+    """The connectors ``fusion`` needs (acoustic_dim None: no Emotion2Vec-S frames), and the number of
+    Emotion2Vec-S frames stacked per acoustic token."""
+    if fusion == "feature_concat":
+        if semantic is None or acoustic_dim is None:
+            raise ValueError("fusion feature_concat needs both Whisper and Emotion2Vec-S frames")
+        ratio = cfg.acoustic_frame_rate / semantic.frame_rate
+        stack = round(ratio)
+        if stack < 1 or abs(ratio - stack) > 1e-6:
+            raise ValueError(f"feature_concat: acoustic rate {cfg.acoustic_frame_rate} Hz is not an integer "
+                             f"multiple of the semantic rate {semantic.frame_rate} Hz")
+        return {"fused": instantiate(cfg.connector.fused, in_dim=semantic.out_dim + stack * acoustic_dim,
+                                     out_dim=width)}, stack
+    connectors, stack = {}, 1
+    if semantic is not None:
+        connectors["semantic"] = instantiate(cfg.connector.semantic, in_dim=semantic.out_dim, out_dim=width)
+    if acoustic_dim is not None:
+        stack = cfg.get("acoustic_downsample", 1)
+        connectors["acoustic"] = instantiate(cfg.connector.acoustic, in_dim=stack * acoustic_dim, out_dim=width)
+    return connectors, stack
+
+
 def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
               tokenizer: PreTrainedTokenizerBase | None = None) -> AudioLLM:
     """An :class:`AudioLLM` from the model section of the config (``cfg.model``, see conf/model/c2ser.yaml).
@@ -341,26 +364,15 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
     use_frames = acoustic is not None and cfg.get("acoustic_frames", True)
     use_utterance = acoustic is not None and cfg.get("acoustic_utterance", True)
     fusion = cfg.get("fusion", "time_concat")
-    connectors, stack = {}, 1
-    if fusion == "feature_concat":
-        if semantic is None or not use_frames:
-            raise ValueError("fusion feature_concat needs both Whisper and Emotion2Vec-S frames")
-        ratio = cfg.acoustic_frame_rate / semantic.frame_rate
-        stack = round(ratio)
-        if stack < 1 or abs(ratio - stack) > 1e-6:
-            raise ValueError(f"feature_concat: acoustic rate {cfg.acoustic_frame_rate} Hz is not an integer "
-                             f"multiple of the semantic rate {semantic.frame_rate} Hz")
-        connectors["fused"] = instantiate(cfg.connector.fused, in_dim=semantic.out_dim + stack * acoustic_dim,
-                                          out_dim=width)
-    else:
-        if semantic is not None:
-            connectors["semantic"] = instantiate(cfg.connector.semantic, in_dim=semantic.out_dim, out_dim=width)
-        if use_frames:
-            stack = cfg.get("acoustic_downsample", 1)
-            connectors["acoustic"] = instantiate(cfg.connector.acoustic, in_dim=stack * acoustic_dim, out_dim=width)
+    # The new layers are seeded like the random encoders and LM, so that two runs of a stage (or a
+    # run and its baseline) start from the same weights whatever the process did before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.get("init_seed", 0))
+        connectors, stack = new_connectors(cfg, fusion, semantic, acoustic_dim if use_frames else None, width)
+        utterance_proj = nn.Linear(acoustic_dim, width) if use_utterance else None
     model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
-                     utterance_proj=nn.Linear(acoustic_dim, width) if use_utterance else None,
-                     fusion=fusion, acoustic_stack=stack, audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN))
+                     utterance_proj=utterance_proj, fusion=fusion, acoustic_stack=stack,
+                     audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN))
     model.config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what save_alm writes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("audio LLM: %s, %d trainable of %d parameters", ", ".join(model.feature_names()) or "no audio",
