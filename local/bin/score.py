@@ -4,7 +4,9 @@
     python -m local.bin.score score.extract=llm teacher=openai teacher.model=qwen2.5-14b
 
 Writes ``<exp_dir>/results.json``, ``results.md`` and ``confusion_<set>_<row>.png``;
-the attribute baseline's predictions go to ``<exp_dir>/attr_baseline/<set>/``.
+the attribute baseline's predictions go to ``<exp_dir>/attr_baseline/<set>/``.  Decode dirs with a
+``hyp_dist`` (``decode.dist=true``) are also scored against the test set's ``utt2dist``: JS (log base 2),
+BC, Brier, ECE and arg-max accuracy.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from local.data.kaldi import parse_dist, read_table
 from local.data.labels import EMOTIONS
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
@@ -40,6 +43,23 @@ def attribute_row(trained: Callable[[], AttributeBaseline], cfg: DictConfig, ent
     records, timing = trained().predict(test_dir)
     write_decode_dir(Path(cfg.score.exp_dir) / "attr_baseline" / name, records, {**timing, "set": name})
     rows["attributes"] = (records, timing)
+
+
+def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float]] | None:
+    """The test set's soft labels (utt2dist), None when its data dir has none."""
+    try:
+        path = resolve_test_set(entry, cfg.data_root, cfg.dump_root, source="data").data_dir / "utt2dist"
+    except FileNotFoundError:
+        return None
+    if not path.is_file():
+        return None
+    gold = {}
+    for utt, value in read_table(path).items():
+        try:
+            gold[utt] = parse_dist(value)
+        except ValueError as e:
+            raise ValueError(f"{path}: '{utt}': {e}") from None
+    return gold
 
 
 def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]]]:
@@ -80,11 +100,15 @@ def main(cfg: DictConfig) -> str:
             raise ValueError("score.extract=llm needs a language-model teacher (hf or openai), not the offline one")
     results, confusions = {}, {}
     try:
+        entries = {Path(e).name: e for e in cfg.test_sets}
         for test_set, set_rows in rows.items():
             results[test_set] = {}
+            has_dist = any("dist" in r for records, _ in set_rows.values() for r in records)
+            gold = gold_distributions(cfg, entries[test_set]) if has_dist else None
             for row, (records, timing) in set_rows.items():
                 preds = extract_labels([r["hyp"] for r in records], opts.extract, teacher)
-                results[test_set][row], matrix = score_row(records, preds, EMOTIONS, timing)
+                results[test_set][row], matrix = score_row(records, preds, EMOTIONS, timing, gold,
+                                                           ece_bins=opts.get("ece_bins", 15))
                 if matrix is not None:
                     confusions[(test_set, row)] = matrix
     finally:

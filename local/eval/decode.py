@@ -19,6 +19,13 @@ label, subset, lang, text, n_tokens) and ``timing.json`` (n, seconds,
 sec_per_utt, tokens_per_utt, and which set / mode / model it was).
 ``n_tokens`` counts the output re-tokenised without special tokens: the end
 of sequence token is not part of it.
+
+With a :class:`~local.models.readout.Readout`, each hypothesis also gets the
+class-name distribution read after it (its text cut at the answer prefix):
+in memory the record's "dist" ({label: p}), on disk the Kaldi table
+``hyp_dist`` (``utt anger:0.612345 happiness:0.001234 ...``, every read-out
+label, 6 decimals: utt2dist's 4 would blur small probabilities), read back by
+:func:`read_decode_dir`.  Its time is ``readout_seconds``, not in ``seconds``.
 """
 from __future__ import annotations
 
@@ -32,16 +39,17 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
-from local.data.kaldi import DataDir, DataDirError
+from local.data.kaldi import DataDir, DataDirError, parse_dist, read_table, write_table
 from local.data.loader import ShardLoader, bucket_batches, collate
 from local.data.shards import MANIFEST, _records, load_manifest
 from local.models.alm import AudioLLM
+from local.models.readout import Readout
 from local.train.sft import with_transcript
 from local.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-HYPS, TIMING = "hyps.jsonl", "timing.json"
+HYPS, TIMING, HYP_DIST = "hyps.jsonl", "timing.json", "hyp_dist"
 SOURCES = ("auto", "shards", "data")
 
 
@@ -183,15 +191,16 @@ def _sync(device: torch.device) -> None:
 
 
 def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwargs: Mapping | None = None,
-           *, transcript_in_prompt: bool = False) -> tuple[list[dict], dict]:
+           *, transcript_in_prompt: bool = False, readout: Readout | None = None) -> tuple[list[dict], dict]:
     """Generate for every utterance of ``loader``; (records sorted by utt, timing).
 
     ``transcript_in_prompt`` writes each transcript into the prompt, as the
     text-only cascade was trained (local.train.sft.with_transcript).  An
     utterance that comes twice is an error: the loader must be one rank, one pass.
+    ``readout`` adds each hypothesis' read-out distribution ("dist").
     """
     model.eval()
-    records, seconds = {}, 0.0
+    records, seconds, readout_seconds = {}, 0.0, 0.0
     for batch in loader:
         again = [u for u in batch["utts"] if u in records]
         if again:
@@ -208,24 +217,35 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
                               feats=batch.get("feats"), feat_lens=batch.get("feat_lens"), **(gen_kwargs or {}))
         _sync(model.device)
         seconds += time.perf_counter() - start
-        for utt, meta, hyp in zip(batch["utts"], batch["meta"], hyps):
+        dists = [None] * len(hyps)
+        if readout is not None:
+            start = time.perf_counter()
+            dists = readout.distributions(model, batch, prompts, hyps)
+            _sync(model.device)
+            readout_seconds += time.perf_counter() - start
+        for utt, meta, hyp, dist in zip(batch["utts"], batch["meta"], hyps, dists):
             records[utt] = {"utt": utt, "hyp": hyp, "label": meta.get("label"),
                             "subset": meta.get("subset"), "lang": meta.get("lang"), "text": meta.get("text"),
                             "n_tokens": len(model.tokenizer(hyp, add_special_tokens=False).input_ids)}
+            if dist is not None:
+                records[utt]["dist"] = dist
     out = [records[u] for u in sorted(records)]
     n = len(out)
     timing = {"n": n, "seconds": seconds, "sec_per_utt": seconds / n if n else None,
               "tokens_per_utt": sum(r["n_tokens"] for r in out) / n if n else None}
+    if readout is not None:
+        timing["readout_seconds"] = readout_seconds
     return out, timing
 
 
 def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kwargs: Mapping, *,
                     batch_size: int | None, max_seconds: float | None = None,
                     features: Sequence[str] | None = None, num_workers: int = 0,
-                    transcript_in_prompt: bool = False) -> tuple[list[dict], dict]:
+                    transcript_in_prompt: bool = False, readout: Readout | None = None) -> tuple[list[dict], dict]:
     """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once."""
     loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers)
-    records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt)
+    records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt,
+                             readout=readout)
     rejected = getattr(loader, "rejected", {})
     want = sorted(set(expected) - set(rejected))
     got = [r["utt"] for r in records]
@@ -240,10 +260,24 @@ def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kw
 # --- decode dirs ---------------------------------------------------------------------
 
 def write_decode_dir(out_dir: Path | str, records: Sequence[Mapping], timing: Mapping) -> None:
-    """``hyps.jsonl`` (sorted by utt) and ``timing.json``, each written atomically."""
+    """``hyps.jsonl`` (sorted by utt), ``hyp_dist`` when the records have "dist", and ``timing.json``, each
+    written atomically (timing last: it marks the dir complete).  A stale ``hyp_dist`` is removed."""
     out_dir = Path(out_dir)
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sorted(records, key=lambda r: r["utt"]))
+    records = sorted(records, key=lambda r: r["utt"])
+    with_dist = [r["utt"] for r in records if "dist" in r]
+    if with_dist and len(with_dist) != len(records):
+        missing = sorted({r["utt"] for r in records} - set(with_dist))
+        raise ValueError(f"{out_dir}: {len(missing)} hypotheses have no read-out distribution, e.g. {missing[0]}")
+    lines = "".join(json.dumps({k: v for k, v in r.items() if k != "dist"}, ensure_ascii=False) + "\n"
+                    for r in records)
     write_text_atomic(out_dir / HYPS, lines)
+    if with_dist:
+        table = {r["utt"]: " ".join(f"{label}:{p:.6f}" for label, p in r["dist"].items()) for r in records}
+        tmp = out_dir / f".{HYP_DIST}.tmp"
+        write_table(tmp, table)
+        tmp.replace(out_dir / HYP_DIST)
+    else:
+        (out_dir / HYP_DIST).unlink(missing_ok=True)
     write_text_atomic(out_dir / TIMING, json.dumps(dict(timing), indent=2, ensure_ascii=False) + "\n")
 
 
@@ -265,11 +299,24 @@ def read_hyps(path: Path | str) -> list[dict]:
 
 
 def read_decode_dir(decode_dir: Path | str) -> tuple[list[dict], dict]:
-    """(records, timing) of a decode dir; timing is {} when the dir has no timing.json."""
+    """(records, timing) of a decode dir; timing is {} when the dir has no timing.json.  With a ``hyp_dist``
+    every record gets its "dist", and an utterance missing from either file is an error naming it."""
     decode_dir = Path(decode_dir)
     timing_path = decode_dir / TIMING
     timing = json.loads(timing_path.read_text(encoding="utf-8")) if timing_path.is_file() else {}
-    return read_hyps(decode_dir / HYPS), timing
+    records = read_hyps(decode_dir / HYPS)
+    if (decode_dir / HYP_DIST).is_file():
+        table = read_table(decode_dir / HYP_DIST)
+        utts = {r["utt"] for r in records}
+        for utt in sorted(utts ^ set(table)):
+            where = HYP_DIST if utt in utts else HYPS
+            raise DataDirError(decode_dir / where, None, f"has no entry for '{utt}'")
+        for r in records:
+            try:
+                r["dist"] = parse_dist(table[r["utt"]])
+            except ValueError as e:
+                raise DataDirError(decode_dir / HYP_DIST, None, f"'{r['utt']}': {e}") from None
+    return records, timing
 
 
 def find_decode_dirs(exp_dir: Path | str) -> dict[str, dict[str, Path]]:

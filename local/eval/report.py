@@ -15,7 +15,15 @@ extractable label counting as wrong; subsets are the values of ``utt2subset``.
 whitespace-separated words, each CJK character one word) are over every
 output, labelled or not.  ``sec_per_utt`` is the decode time from timing.json.
 
-``results.md`` has one table per test set (percentages), and
+A row whose decode dir has ``hyp_dist`` (read-out distributions), on a test
+set with ``utt2dist``, also has the ambiguity paper's Table 2 scores of
+:func:`local.eval.metrics.distribution_scores` over the utterances that have
+both: ``js`` (Jensen–Shannon divergence, log base 2, in [0, 1]), ``bc``
+(Bhattacharyya coefficient), ``brier`` (per-class mean), ``ece`` (``score.ece_bins`` bins),
+``acc_dist`` (the arg-max is a most-voted class) and ``n_dist``.
+
+``results.md`` has one table per test set (percentages; the distribution
+scores, when a row has them, as fractions with acc % last), and
 ``confusion_<set>_<row>.png`` one confusion matrix per labelled row.
 """
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Mapping, Sequence
 import matplotlib
 import numpy as np
 
-from local.eval.metrics import INVALID, classification_scores, confusion
+from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.utils.atomic import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -37,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 _WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 SUMMARY = ("ua", "wa", "f1", "n")
+DIST_KEYS = {"js": "js", "bc": "bc", "brier": "brier", "ece": "ece", "acc": "acc_dist", "n": "n_dist"}
 
 
 def count_words(text: str) -> int:
@@ -44,11 +53,30 @@ def count_words(text: str) -> int:
     return len(_WORDS.findall(text))
 
 
+def distribution_row(records: Sequence[Mapping], gold: Mapping[str, Mapping[str, float]],
+                     labels: Sequence[str], ece_bins: int = 15) -> dict:
+    """The distribution scores (``DIST_KEYS`` names) of the records' "dist" against ``gold`` (utt -> {label: p}),
+    over the utterances that have both; {} when none has."""
+    both = [r for r in records if r["utt"] in gold]
+    if not both:
+        return {}
+    known = set(labels)
+    for r in both:
+        for name, dist in (("read-out", r["dist"]), ("utt2dist", gold[r["utt"]])):
+            unknown = sorted(set(dist) - known)
+            if unknown:
+                raise ValueError(f"{r['utt']}: {name} distribution has label(s) {unknown} outside {list(labels)}")
+    scores = distribution_scores([r["dist"] for r in both], [gold[r["utt"]] for r in both], labels, n_bins=ece_bins)
+    return {DIST_KEYS[k]: v for k, v in scores.items()}
+
+
 def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: Sequence[str],
-              timing: Mapping | None = None) -> tuple[dict, np.ndarray | None]:
+              timing: Mapping | None = None, gold_dists: Mapping[str, Mapping[str, float]] | None = None,
+              ece_bins: int = 15) -> tuple[dict, np.ndarray | None]:
     """(the results.json row, the confusion matrix [K, K + 1] or None) of one system on one test set.
 
-    ``preds[i]`` is the label extracted from ``records[i]["hyp"]`` (None: invalid).
+    ``preds[i]`` is the label extracted from ``records[i]["hyp"]`` (None: invalid).  With ``gold_dists``
+    (the set's utt2dist) and records that carry "dist" (hyp_dist), the row has the distribution scores.
     """
     if len(records) != len(preds):
         raise ValueError(f"{len(records)} records but {len(preds)} extracted labels")
@@ -70,6 +98,8 @@ def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: S
             sub = classification_scores([refs[i] for i in members], [hyps[i] for i in members], labels)
             row["subsets"][name] = {k: sub[k] for k in SUMMARY}
         matrix = confusion(refs, hyps, labels)
+    if gold_dists and records and all("dist" in r for r in records):
+        row.update(distribution_row(records, gold_dists, labels, ece_bins))
     return row, matrix
 
 
@@ -79,12 +109,19 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _frac(x) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
 def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
-    """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n."""
+    """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n; then, when a
+    row has them, JS (bits) / BC / Brier / ECE / arg-max accuracy % of the read-out distributions."""
     parts = []
     for test_set, rows in results.items():
         subsets = sorted({s for row in rows.values() for s in row["subsets"]})
-        header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n"]
+        dist = any("js" in row for row in rows.values())
+        header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n",
+                  *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else [])]
         lines = [f"### {test_set}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
@@ -94,6 +131,8 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
                      "–" if row["mean_words"] is None else f"{row['mean_words']:.1f}",
                      "–" if row["sec_per_utt"] is None else f"{row['sec_per_utt']:.4g}",
                      str(row["n"])]
+            if dist:
+                cells += [*(_frac(row.get(k)) for k in ("js", "bc", "brier", "ece")), _pct(row.get("acc_dist"))]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from string import Template
 
+from local.data.labels import EMOTIONS
+
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 
 
@@ -42,6 +44,11 @@ def render(name: str, **fields: object) -> str:
     if missing:
         raise KeyError(f"prompt '{name}' needs field(s) {', '.join(missing)}")
     return Template(load_prompt(name)).substitute({k: str(v) for k, v in fields.items()})
+
+
+def instruction(name: str) -> str:
+    """What the model is asked: a prompt whose only field is the label list (``${labels}``) gets the 7 core labels."""
+    return render(name, labels=", ".join(EMOTIONS))
 
 
 @lru_cache(maxsize=None)

@@ -12,6 +12,17 @@ The instruction the model reads is the target type's (local.reasoning.targets
 .TARGET_TYPES); types whose instruction is the question pool draw a question.
 The draw is seeded by (seed, step), so a resumed run draws what the
 uninterrupted one did.
+
+With ``kl_weight`` λ > 0 the loss is the ambiguity paper's Eq. 3,
+CE(target tokens) + λ·KL(p_gold ‖ p_model): p_gold is the utterance's soft
+label (utt2dist, carried by the shards as meta "dist"; the hard label where a
+set has none), p_model the class-name read-out (local/models/readout.py) after
+the gold target cut at the answer prefix, teacher-forced.  The KL is
+``kl_to_target`` (local/train/rl/losses.py), whose 0·log 0 = 0 needs no
+ε-smoothing of p_gold, and whose log q is a finite log-softmax.  The read-out
+runs inside the forward of :class:`ReadoutSFT`, the module the trainer wraps,
+so that DDP and FSDP see the two terms as one pass; with λ = 0 the trainer
+gets the bare audio LLM and nothing differs from CE-only training.
 """
 from __future__ import annotations
 
@@ -23,16 +34,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from local.data.loader import ShardLoader
-from local.models.alm import build_alm, load_alm, save_alm
+from local.models.alm import AudioLLM, build_alm, load_alm, save_alm
 from local.models.cache import cached_shards
+from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
-from local.reasoning.prompts import load_prompt, load_questions
+from local.reasoning.prompts import instruction, load_questions
 from local.reasoning.targets import TARGET_TYPES
 from local.train.loop import Trainer
+from local.train.rl.losses import kl_to_target
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +86,7 @@ def instruction_for(target_type: str, rng: np.random.Generator) -> str:
     if name == "questions":
         pool = load_questions()["emotion"]
         return pool[int(rng.integers(len(pool)))]
-    return load_prompt(name)
+    return instruction(name)
 
 
 def with_transcript(instruction: str, text: str) -> str:
@@ -115,11 +129,34 @@ def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transc
     return out
 
 
+# --- the loss ---------------------------------------------------------------------
+
+class ReadoutSFT(nn.Module):
+    """The audio LLM whose forward also returns KL(p_gold ‖ read-out after the gold target)."""
+
+    def __init__(self, alm: AudioLLM, readout: Readout):
+        super().__init__()
+        self.alm, self.readout = alm, readout
+
+    def forward(self, batch: Mapping):
+        out = self.alm(batch)
+        logq = self.readout.logprobs(self.alm, batch, batch["prompts"], batch["responses"])
+        return out, kl_to_target(logq, gold_distributions(batch, self.readout.labels).to(logq.device))
+
+
+def sft_loss(model: nn.Module, batch: Mapping, kl_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """(CE + λ·KL, {"ce", "kl"}) through a :class:`ReadoutSFT`; (CE, {}) through the audio LLM when λ is 0."""
+    if not kl_weight:
+        return model(batch).loss, {}
+    out, kl = model(batch)
+    return out.loss + kl_weight * kl, {"ce": out.loss.detach(), "kl": kl.detach()}
+
+
 # --- what a stage runs --------------------------------------------------------------
 
 def tokenizer_texts(targets_path: Path) -> list[str]:
     """What a tokenizer for the tiny LM is trained on: every target and instruction it will see."""
-    texts = [load_prompt(t.instruction) for t in TARGET_TYPES.values() if t.instruction != "questions"]
+    texts = [instruction(t.instruction) for t in TARGET_TYPES.values() if t.instruction != "questions"]
     texts += [q for pool in load_questions().values() if isinstance(pool, list) for q in pool]
     with open(targets_path, encoding="utf-8") as f:
         texts += [json.loads(line)["target"] for line in f]
@@ -159,6 +196,12 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
     total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
     schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)
     transcript = bool(stage.get("transcript_in_prompt"))
+    kl_weight = float(stage.get("kl_weight") or 0.0)
+    net = model
+    if kl_weight:
+        net = ReadoutSFT(model, Readout(model.tokenizer, **OmegaConf.to_container(stage.readout, resolve=True)))
+        log.info("loss = CE + %g * KL(soft label || read-out of %s after %r)", kl_weight,
+                 ", ".join(net.readout.labels), net.readout.answer_prefix)
 
     trainer: Trainer | None = None
 
@@ -166,19 +209,21 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
         step = trainer.step if trainer is not None else 0
         target_type = schedule.pick(step)
         batch = sft_batch(batch, target_type, step, cfg.seed, transcript)
-        out = m(batch)
-        return out.loss, {"p_explicit": schedule.p_explicit(step)}
+        loss, logs = sft_loss(m, batch, kl_weight)
+        return loss, {"p_explicit": schedule.p_explicit(step), **logs}
 
     def valid_fn(m, loader):
-        losses = {}
+        out = {}
         for t in dict.fromkeys((stage.explicit, stage.implicit)):
-            values = [float(m(b).loss) for b in (sft_batch(b, t, 0, cfg.seed, transcript) for b in loader) if b]
-            losses[f"loss_{t}"] = float(np.mean(values))
-        losses["loss"] = float(np.mean(list(losses.values())))
-        return losses
+            terms = [sft_loss(m, b, kl_weight) for b in (sft_batch(b, t, 0, cfg.seed, transcript) for b in loader) if b]
+            out[f"loss_{t}"] = float(np.mean([float(loss) for loss, _ in terms]))
+            for k in terms[0][1] if terms else ():
+                out[f"{k}_{t}"] = float(np.mean([float(logs[k]) for _, logs in terms]))
+        out["loss"] = float(np.mean([v for k, v in out.items() if k.startswith("loss_")]))
+        return out
 
-    trainer = Trainer(model, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = Trainer(net, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(train, valid, valid_fn)
-    save_alm(trainer.module, model_dir)
+    save_alm(trainer.module.alm if kl_weight else trainer.module, model_dir)
     log.info("saved %s", model_dir)
     return model_dir

@@ -16,7 +16,7 @@ from conftest import make_data_dir
 from local.bin.decode import main as decode_main
 from local.bin.score import main as score_main
 from local.data.attributes import ATTRIBUTES, attribute_stats, bin_attributes
-from local.data.kaldi import DataDir, format_kv, read_table
+from local.data.kaldi import DataDir, DataDirError, format_kv, parse_dist, read_table
 from local.data.labels import EMOTIONS
 from local.data.loader import ShardLoader
 from local.data.shards import write_shards
@@ -24,8 +24,9 @@ from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import (DataDirBatches, decode, generation_kwargs, read_decode_dir, resolve_test_set,
                                write_decode_dir)
 from local.eval.extract import extract_label, extract_labels
-from local.eval.metrics import INVALID, classification_scores, confusion
+from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.models import alm
+from local.models.readout import Readout
 from local.reasoning.offline import OfflineTeacher
 from local.reasoning.prompts import load_prompt, render
 from local.reasoning.teacher import Request, Teacher
@@ -198,6 +199,69 @@ def test_decode_and_score_entry_points(tiny_dirs, test_dirs, monkeypatch, capsys
     assert markdown in capsys.readouterr().out
     assert (exp / "confusion_test_implicit.png").read_bytes().startswith(PNG_SIGNATURE)
     assert not (exp / "confusion_mine_implicit.png").exists()
+
+
+def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_dirs, test_dirs, monkeypatch):
+    data = test_dirs / "data" / "test"
+    tables = DataDir.load(data)
+    soft = ["anger:0.6000 sadness:0.4000", "neutral:0.5000 sadness:0.5000", "fear:1.0000"]
+    tables["utt2dist"] = {u: soft[i % 3] for i, u in enumerate(tables.utts)}
+    tables.save(data)
+    model = build_tiny(tiny_dirs).eval()
+    monkeypatch.setattr(alm, "load_alm", lambda path, device: model)
+    cfg = compose([f"data_root={test_dirs / 'data'}", f"dump_root={test_dirs / 'dump'}",
+                   f"exp_root={test_dirs / 'exp'}", "test_sets=[test]", "decode.batch_size=4", "decode.device=cpu",
+                   "decode.modes=[explicit]", "decode.prompts.explicit.max_new_tokens=6", "decode.dist=true",
+                   "score.attributes=false"])
+    decode_main(cfg)
+    decode_dir = test_dirs / "exp" / "c2ser" / "decode_test_explicit"
+    records, timing = read_decode_dir(decode_dir)
+    assert timing["readout"] == {"answer_prefix": "\nDistribution:", "separator": " ", "labels": None}
+    assert timing["readout_seconds"] > 0
+    table = read_table(decode_dir / "hyp_dist")
+    assert list(table) == tables.utts and all("dist" not in json.loads(line)
+                                              for line in (decode_dir / "hyps.jsonl").read_text().splitlines())
+    # hyp_dist is the read-out after each hypothesis (here recomputed from the audio, not the feature cache)
+    readout = Readout(model.tokenizer)
+    instruction = load_prompt(cfg.decode.prompts.explicit.instruction)
+    loader = ShardLoader(test_dirs / "dump" / "test" / "shards", batch_size=6, shuffle=False, rank=0, world_size=1)
+    batch = next(iter(loader))
+    hyps = {r["utt"]: r["hyp"] for r in records}
+    want = readout.distributions(model, batch, [instruction] * 6, [hyps[u] for u in batch["utts"]])
+    for utt, dist in zip(batch["utts"], want):
+        got = parse_dist(table[utt])
+        assert list(got) == list(EMOTIONS) and sum(got.values()) == pytest.approx(1, abs=1e-5)
+        assert [r["dist"] for r in records if r["utt"] == utt] == [got]
+        np.testing.assert_allclose(list(got.values()), list(dist.values()), atol=1e-4)
+
+    score_main(cfg)
+    exp = test_dirs / "exp" / "c2ser"
+    row = json.loads((exp / "results.json").read_text())["test"]["explicit"]
+    gold = [parse_dist(tables["utt2dist"][u]) for u in tables.utts]
+    scores = distribution_scores([parse_dist(table[u]) for u in tables.utts], gold, EMOTIONS)
+    assert {k: row[k] for k in ("js", "bc", "brier", "ece", "acc_dist", "n_dist")} == {
+        "js": scores["js"], "bc": scores["bc"], "brier": scores["brier"], "ece": scores["ece"],
+        "acc_dist": scores["acc"], "n_dist": 6}
+    assert set(row) == ROW_KEYS | {"js", "bc", "brier", "ece", "acc_dist", "n_dist"}
+    md = (exp / "results.md").read_text()
+    assert "| sec/utt | n | JS (bits) | BC | Brier | ECE | acc dist % |" in md
+    assert (f"| 6 | {row['js']:.4f} | {row['bc']:.4f} | {row['brier']:.4f} | {row['ece']:.4f} | "
+            f"{100 * row['acc_dist']:.2f} |") in md
+
+
+def test_hyp_dist_round_trip_and_errors(tmp_path):
+    records = [{"utt": u, "hyp": "x", "dist": {"anger": 0.25, "fear": 0.75}} for u in ("b", "a")]
+    write_decode_dir(tmp_path, records, {"n": 2})
+    assert (tmp_path / "hyp_dist").read_text() == "a anger:0.250000 fear:0.750000\nb anger:0.250000 fear:0.750000\n"
+    got, _ = read_decode_dir(tmp_path)
+    assert got == sorted(records, key=lambda r: r["utt"])
+    with pytest.raises(ValueError, match="no read-out distribution, e.g. b"):
+        write_decode_dir(tmp_path, [records[1], {"utt": "b", "hyp": "x"}], {"n": 2})
+    (tmp_path / "hyp_dist").write_text("a anger:1.0\n")
+    with pytest.raises(DataDirError, match="hyp_dist.*no entry for 'b'"):
+        read_decode_dir(tmp_path)
+    write_decode_dir(tmp_path, [{"utt": "a", "hyp": "x"}], {"n": 1})  # decoded again without the read-out
+    assert not (tmp_path / "hyp_dist").exists() and "dist" not in read_decode_dir(tmp_path)[0][0]
 
 
 # --- scoring -------------------------------------------------------------------------------
