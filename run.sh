@@ -104,24 +104,22 @@ fi
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
-built_stages="0 1 2 3 4 5 6 7 9 10"   # stages this version implements
-no_rl_systems="c2ser"                  # systems whose paper has no stage 8: it is a no-op for them
-if [[ " ${no_rl_systems} " == *" ${system} "* ]]; then built_stages+=" 8"; fi
 if [ "${baselines}" = auto ]; then
   case "${system}" in
     c2ser) baselines="text_only no_whisper no_e2v no_cot" ;;  # C²SER Tables VI and VIII
+    ambiguity) baselines="sft_only ce_only dpo grpo" ;;        # ambiguity Table 2 and Fig. 2
+    cogaudio) baselines="before_rl" ;;                         # CogAudio Table 4: Model C vs D
     *) baselines="" ;;
   esac
 fi
 
-# Refuse up front, before any work, a range that contains a stage not built yet.
-for n in $(seq "${stage}" "${stop_stage}"); do
-  if [[ " ${skip_stages} " != *" ${n} "* ]] && [[ " ${built_stages} " != *" ${n} "* ]]; then
-    log "Error: stage ${n} (${stage_names[$n]}) is not built yet for --system ${system} in this version of EmoReason."
-    log "Built stages: ${built_stages}. Run e.g. '$0 --stop_stage 4', or add '--skip_stages \"...\"'."
-    exit 1
-  fi
-done
+# Refuse up front, before any work, model stages for a system this version has no settings for.
+experiment=experiment/${system}${experiment_suffix}.yaml
+if [ "${stop_stage}" -ge 5 ] && [ ! -f "${main_root}/conf/${experiment}" ] && [ ! -f "conf/${experiment}" ]; then
+  log "Error: --system ${system} is not built yet in this version of EmoReason (no conf/${experiment})."
+  log "The data stages run for any system: '$0 --stop_stage 4'."
+  exit 1
+fi
 
 "${main_root}/tools/install.sh"
 . "${main_root}/path.sh"
@@ -139,7 +137,7 @@ train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
 experiment_args="experiment=${system}${experiment_suffix}"
 
 # run_stage N MARKER_DIR CHAIN COMMAND... : run a stage unless its marker holds the same command.
-# Stages form chains: "data" (0-5), one per experiment (6, 7, 9) and "all" (10).  A stage that
+# Stages form chains: "data" (0-5), one per experiment (6-9) and "all" (10).  A stage that
 # runs makes the later stages of its chain run too, and every stage after a data stage.
 declare -A ran=()
 run_stage() {
@@ -190,9 +188,7 @@ for variant in main ${baselines}; do
   args="${common_args} ${experiment_args} ${variant_args}"
   run_stage 6 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.sft ${args} ${sft_args}
   run_stage 7 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.distill ${args} ${distill_args}
-  if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ] && [[ " ${no_rl_systems} " == *" ${system} "* ]]; then
-    log "Stage 8 (rl): ${system} has no RL stage in its paper; nothing to do"
-  fi
+  run_stage 8 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.rl ${args} ${rl_args}
   run_stage 9 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.decode ${args} ${decode_args}
 done
 run_stage 10 "${exp_root}/${system}" all ${python} -m local.bin.score ${common_args} ${experiment_args} ${score_args}

@@ -1,12 +1,19 @@
 """Stage 6: Stage I explicit reasoning SFT (see local/train/sft.py)."""
+import logging
+
 from omegaconf import DictConfig
 
 from local.train.sft import run
 from local.utils.hydra import entry_point
 
+log = logging.getLogger("sft")
+
 
 @entry_point
 def main(cfg: DictConfig) -> None:
+    if not cfg.sft.enabled:  # a variant that starts from another experiment's model
+        log.info("%s trains no stage 6 (sft.enabled=false)", cfg.exp_name)
+        return
     run(cfg, cfg.sft)
 
 

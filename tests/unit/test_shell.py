@@ -57,11 +57,11 @@ def test_launcher_slurm_backend_calls_srun(tmp_path):
     assert out.stdout.strip() == "srun --job-name s --ntasks 1 --gres gpu:2 --mem 8G python train.py"
 
 
-def test_run_sh_refuses_unbuilt_stages_up_front(tmp_path):
-    out = subprocess.run(["egs/mini_lime/run.sh", "--system", "cogaudio", "--stage", "3", "--stop_stage", "8",
+def test_run_sh_refuses_unbuilt_systems_up_front(tmp_path):
+    out = subprocess.run(["egs/mini_lime/run.sh", "--system", "reasoning", "--stage", "3", "--stop_stage", "8",
                           "--exp_root", str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1
-    assert "stage 8 (rl) is not built yet for --system cogaudio" in out.stdout
+    assert "--system reasoning is not built yet" in out.stdout and "conf/experiment/reasoning_mini.yaml" in out.stdout
     assert not (tmp_path / "exp").exists()  # refused before doing anything
 
 
