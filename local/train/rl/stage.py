@@ -311,8 +311,7 @@ class PolicyOptimisation:
     @torch.no_grad()
     def evaluate(self, model, loader) -> dict[str, float]:
         module = self.trainer.module if self.trainer is not None else model
-        greedy = {**self.gen_kwargs, "do_sample": False}
-        greedy.pop("temperature", None), greedy.pop("top_p", None)
+        greedy = {k: v for k, v in self.gen_kwargs.items() if k not in ("temperature", "top_p")} | {"do_sample": False}
         rewards, js, per_route = [], [], {r: [] for r in ROUTES}
         for b, batch in enumerate(loader):
             if self.stage.valid_batches is not None and b >= self.stage.valid_batches:
@@ -325,14 +324,16 @@ class PolicyOptimisation:
             prompts = [instruction_for(types[r], rng) for r in routes]
             texts = sample(module, batch, prompts, greedy)
             gold = self.gold_dists(batch)
-            values = self.rewards(module, batch, prompts, texts, gold, routes)
+            if self.reward_kind == "distribution":
+                pred = self.read(module, batch, prompts, texts).exp().float().cpu().numpy()
+                js.extend(js_divergence(pred, gold.numpy()).tolist())
+                values = distribution_rewards(pred, gold.numpy(), texts, self.stage.reward.w_fmt).tolist()
+            else:
+                values = self.rewards(module, batch, prompts, texts, gold, routes)
             for r, v in zip(routes, values):
                 if v is not None:
                     rewards.append(v)
                     per_route[r].append(v)
-            if self.reward_kind == "distribution":
-                pred = self.read(module, batch, prompts, texts).exp().float().cpu().numpy()
-                js.extend(js_divergence(pred, gold.numpy()).tolist())
         out = {"reward": float(np.mean(rewards)) if rewards else float("nan")}
         if js:
             out["js"] = float(np.mean(js))
