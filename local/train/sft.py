@@ -178,6 +178,16 @@ def make_tokenizer(cfg: DictConfig, stage: DictConfig):
     return AutoTokenizer.from_pretrained(path)
 
 
+def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader, ShardLoader]:
+    """Train and dev loaders of a training stage: the model's frozen-encoder cache (written here the first
+    time), audio decoded only when some encoder runs on the fly."""
+    train_dir, names = cached_shards(model, cfg, cfg.train_set)
+    dev_dir, _ = cached_shards(model, cfg, cfg.dev_set)
+    args = dict(batch_size=batch_size, features=names, seed=cfg.seed,
+                load_audio=not set(model.feature_names()) <= set(names))
+    return ShardLoader(train_dir, shuffle=True, **args), ShardLoader(dev_dir, shuffle=False, **args)
+
+
 def run(cfg: DictConfig, stage: DictConfig) -> Path:
     """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir."""
     exp_dir = Path(stage.exp_dir)
@@ -186,12 +196,7 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
         model = load_alm(stage.init_from)
     else:
         model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
-    train_dir, names = cached_shards(model, cfg, cfg.train_set)
-    dev_dir, _ = cached_shards(model, cfg, cfg.dev_set)
-    loader_args = dict(batch_size=stage.batch_size, features=names, seed=cfg.seed,
-                       load_audio=not set(model.feature_names()) <= set(names))
-    train = ShardLoader(train_dir, shuffle=True, **loader_args)
-    valid = ShardLoader(dev_dir, shuffle=False, **loader_args)
+    train, valid = shard_loaders(model, cfg, stage.batch_size)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
     schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)

@@ -41,18 +41,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from local.data.loader import ShardLoader
 from local.eval.judge import JudgeItem, normalise
 from local.eval.metrics import js_divergence
 from local.models.alm import AudioLLM, load_alm, save_alm
-from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
 from local.reasoning.targets import TARGET_TYPES
 from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
 from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
-from local.train.sft import instruction_for, select_rows
+from local.train.sft import instruction_for, select_rows, shard_loaders
 
 log = logging.getLogger(__name__)
 
@@ -354,12 +352,7 @@ def run(cfg: DictConfig, judge=None) -> Path:
     stage = cfg.rl
     exp_dir = Path(stage.exp_dir)
     model = load_alm(start_model(cfg, stage))
-    train_dir, names = cached_shards(model, cfg, cfg.train_set)
-    dev_dir, _ = cached_shards(model, cfg, cfg.dev_set)
-    loader_args = dict(batch_size=stage.batch_size, features=names, seed=cfg.seed,
-                       load_audio=not set(model.feature_names()) <= set(names))
-    train = ShardLoader(train_dir, shuffle=True, **loader_args)
-    valid = ShardLoader(dev_dir, shuffle=False, **loader_args)
+    train, valid = shard_loaders(model, cfg, stage.batch_size)
     algo = PolicyOptimisation(cfg, stage, model, judge)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     trainer = Trainer(model, algo.step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
