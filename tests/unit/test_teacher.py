@@ -10,11 +10,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from helpers.chat_server import ChatServer, chat_answer
 from local.reasoning.offline import OfflineTeacher, key_phrase, pick
 from local.reasoning.prompts import PROMPT_DIR, load_prompt, load_questions, prompt_fields, render
 from local.reasoning.targets import EIPS_FORMAT, TARGET_TYPES, check_target
@@ -152,59 +152,31 @@ def test_offline_fails_a_request_with_a_bad_attribute_level_and_rejects_options(
 
 # --- openai-compatible HTTP -----------------------------------------------------------------
 
-class FakeServer:
-    """A chat-completions server whose behaviour is chosen by the prompt text."""
+class FakeServer(ChatServer):
+    """A chat-completions server whose behaviour is chosen by the prompt text; ``counts`` per prompt."""
 
     def __init__(self, sleep: float):
         self.counts: Counter = Counter()
-        self.auth: list[str] = []
-        lock, server = threading.Lock(), self
+        lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        def respond(body):
+            prompt = body["messages"][-1]["content"]
+            with lock:
+                self.counts[prompt] += 1
+                n = self.counts[prompt]
+            if prompt.startswith("flaky") and n == 1:
+                return 500, "overloaded"
+            if prompt.startswith("slow"):
+                time.sleep(sleep)
+            if prompt.startswith("garbage"):
+                return 200, "<html>not json</html>"
+            if prompt.startswith("nochoices"):
+                return 200, {"object": "error"}
+            if prompt.startswith("refused"):
+                return 400, "bad request"
+            return 200, chat_answer(f"answer to {prompt}")
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                with lock:
-                    server.counts[prompt] += 1
-                    server.auth.append(self.headers.get("Authorization", ""))
-                    n = server.counts[prompt]
-                if self.path != "/v1/chat/completions":
-                    return self.reply(404, b"not found")
-                if prompt.startswith("flaky") and n == 1:
-                    return self.reply(500, b"overloaded")
-                if prompt.startswith("slow"):
-                    time.sleep(sleep)
-                if prompt.startswith("garbage"):
-                    return self.reply(200, b"<html>not json</html>")
-                if prompt.startswith("nochoices"):
-                    return self.reply(200, json.dumps({"object": "error"}).encode())
-                if prompt.startswith("refused"):
-                    return self.reply(400, b"bad request")
-                answer = {"choices": [{"message": {"role": "assistant", "content": f"answer to {prompt}"}}]}
-                self.reply(200, json.dumps(answer).encode())
-
-            def reply(self, status: int, data: bytes):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # the client gave up on a slow answer: a broken pipe is expected
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(respond)
 
 
 @pytest.fixture
