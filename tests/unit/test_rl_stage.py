@@ -222,3 +222,14 @@ def test_every_system_and_baseline_config_composes_and_resolves(system, baseline
         assert cfg.system == system and cfg.exp_name == (f"{system}_{baseline}" if baseline else system)
         if cfg.rl.enabled:
             assert cfg.rl.algorithm in stage_module.ALGORITHMS
+
+
+@pytest.mark.slow
+def test_validation_is_the_same_in_and_out_of_the_trainer(recipe):
+    """The dev reward before and after the stage is computed as the trainer's validations compute it
+    (eval mode: no dropout in the read-out), so the numbers compare."""
+    exp = recipe / "exp" / "amb" / "rl_eval"
+    rl_main(config(recipe, ["rl.algorithm=grpo", f"rl.exp_dir={exp}", "trainer.max_steps=1"]))
+    summary = json.loads((exp / "summary.json").read_text())
+    last_valid = [r for r in rl_records(exp) if r["split"] == "valid"][-1]
+    assert summary["after"]["reward"] == pytest.approx(last_valid["valid_reward"], abs=1e-6)

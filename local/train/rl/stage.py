@@ -169,8 +169,17 @@ class PolicyOptimisation:
 
     def read(self, module: AudioLLM, batch: Mapping, prompts: Sequence[str], texts: Sequence[str],
              grad: bool = False) -> torch.Tensor:
-        with torch.set_grad_enabled(grad):
+        """Read-out log-probs [B, K].  Without grad (a reward, a score) in eval mode, so that a rollout's
+        reward does not depend on a dropout draw; with grad (a loss term) in the caller's mode."""
+        if grad:
             return self.readout.logprobs(module, batch, list(prompts), list(texts))
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return self.readout.logprobs(module, batch, list(prompts), list(texts))
+        finally:
+            module.train(was_training)
 
     def rewards(self, module: AudioLLM, batch: Mapping, prompts, texts, gold: torch.Tensor, routes) -> list[float | None]:
         """The reward of each row of an expanded batch (``gold`` [N, K], ``routes`` [N])."""
