@@ -320,6 +320,8 @@ class PolicyOptimisation:
         module = self.trainer.module if self.trainer is not None else model
         greedy = {k: v for k, v in self.gen_kwargs.items() if k not in ("temperature", "top_p")} | {"do_sample": False}
         rewards, js, per_route = [], [], {r: [] for r in ROUTES}
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)  # from the first batch, as the trainer's validations: valid_batches picks the same ones
         for b, batch in enumerate(loader):
             if self.stage.valid_batches is not None and b >= self.stage.valid_batches:
                 break
