@@ -31,6 +31,7 @@ mtime, so the same inputs give byte-identical shards whatever ``nj`` is.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -229,6 +230,18 @@ def write_shards(data_dir: Path | str, out_dir: Path | str, max_shard_size: int,
     options = {"max_shard_size": max_shard_size, "audio_format": audio_format,
                "shuffle_seed": shuffle_seed, "features": sorted(features)}
     digest = fingerprint(data_dir, targets_path, options)
+    # Two stages that share a dir (two experiments' feature caches) take turns: the second
+    # waits for the first and then finds the dir up to date.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_locked(data_dir, out_dir, max_shard_size, targets_path, features, audio_format, nj,
+                             shuffle_seed, force, digest)
+
+
+def _write_locked(data_dir: Path, out_dir: Path, max_shard_size: int, targets_path: Path | str | None,
+                  features: dict[str, FeatureFn], audio_format: str, nj: int, shuffle_seed: int | None,
+                  force: bool, digest: str) -> dict:
     if not force and (out_dir / MANIFEST).is_file():
         manifest = load_manifest(out_dir)
         if manifest.get("fingerprint") == digest and all(

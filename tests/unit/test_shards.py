@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -205,6 +207,26 @@ def frame_energy(wav: np.ndarray) -> np.ndarray:
     """Mean power of 10 ms frames, [frames, 1]: a stand-in for a frozen encoder's output."""
     frames = wav[: len(wav) // 160 * 160].reshape(-1, 160)
     return (frames ** 2).mean(axis=1, keepdims=True).astype(np.float32)
+
+
+def slow_energy(wav: np.ndarray) -> np.ndarray:
+    time.sleep(0.05)
+    return frame_energy(wav)
+
+
+def test_two_writers_of_one_dir_take_turns(tmp_path):
+    """Two experiments building the same feature cache at once: both get the whole dir."""
+    data = make_data_dir(tmp_path / "data", n=8)
+    args = (data, tmp_path / "shards", 3)
+    ctx = multiprocessing.get_context("fork")
+    other = ctx.Process(target=write_shards, args=args, kwargs={"features": {"energy": slow_energy}})
+    other.start()
+    manifest = write_shards(*args, features={"energy": slow_energy})
+    other.join()
+    assert other.exitcode == 0
+    assert load_manifest(tmp_path / "shards") == manifest
+    assert manifest["num_utts"] == 8
+    assert not list((tmp_path / "shards").glob(".*.tmp"))
 
 
 def test_entry_point_writes_every_set_and_skips_on_rerun(tmp_path):
