@@ -41,7 +41,7 @@ skip_stages=""        # stages to skip, e.g. "3 5"
 force=false           # re-run stages even if they are marked done
 corpus=${EMOREASON_RECIPE}  # set by egs/<corpus>/run.sh
 system=c2ser          # c2ser | cogaudio | ambiguity | reasoning
-nj=2                  # parallel processes for the data stages
+nj=2                  # parallel processes for the data stages, and baselines trained at once on CPU
 ngpu=0                # GPUs for training and decoding (0 = CPU)
 python=python3        # the interpreter of tools/venv (path.sh puts it first on PATH)
 train_set=train       # data/<train_set>: training data; attribute statistics come from it
@@ -87,7 +87,8 @@ Options:
   --skip_stages "N M"          stages to skip
   --force true                 re-run stages even if marked done
   --system NAME                c2ser | cogaudio | ambiguity | reasoning (default ${system})
-  --nj N                       parallel processes for the data stages (default ${nj})
+  --nj N                       parallel processes for the data stages, and baselines
+                               trained at once on CPU (default ${nj})
   --ngpu N                     GPUs (0 = CPU, default ${ngpu})
   --python PATH                Python interpreter (default ${python})
   --train_set / --dev_set / --test_sets   data dirs under ${data_root}/
@@ -139,7 +140,9 @@ experiment_args="experiment=${system}${experiment_suffix}"
 # run_stage N MARKER_DIR CHAIN COMMAND... : run a stage unless its marker holds the same command.
 # Stages form chains: "data" (0-5), one per experiment (6-9) and "all" (10).  A stage that
 # runs makes the later stages of its chain run too, and every stage after a data stage.
-declare -A ran=()
+# What ran is a file per chain in ${ran_dir}, so chains run in the background count too.
+ran_dir=$(mktemp -d)
+trap 'rm -rf "${ran_dir}"' EXIT
 run_stage() {
   local n=$1 marker_dir=$2 chain=$3; shift 3
   local name=${stage_names[$n]}
@@ -149,7 +152,7 @@ run_stage() {
   if [ ${stage} -gt "${n}" ] || [ ${stop_stage} -lt "${n}" ] || [[ " ${skip_stages} " == *" ${n} "* ]]; then
     return 0
   fi
-  if [ -n "${ran[data]:-}" ] || [ -n "${ran[${chain}]:-}" ] || { [ "${chain}" = all ] && [ ${#ran[@]} -gt 0 ]; }; then
+  if [ -e "${ran_dir}/data" ] || [ -e "${ran_dir}/${chain}" ] || { [ "${chain}" = all ] && [ -n "$(ls -A "${ran_dir}")" ]; }; then
     upstream=true
   fi
   if ! ${force} && ! ${upstream} && [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${cmd}" ]; then
@@ -161,12 +164,12 @@ run_stage() {
   ${train_cmd} "${exp_root}/log/${n}.${name}.${chain}.log" "$@"
   mkdir -p "${marker_dir}"
   echo "${cmd}" > "${marker}"
-  ran[${chain}]=true
+  touch "${ran_dir}/${chain}"
 }
 
 # shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
 run_stage 0 "${data_root}" data ${python} prepare.py ${common_args} ${prepare_args}
-if [ -n "${ran[data]:-}" ]; then  # stage 0 ran just now
+if [ -e "${ran_dir}/data" ]; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
     ${python} -m local.bin.validate --report "${data_root}/${s}" || true
@@ -181,16 +184,32 @@ if [ ${stop_stage} -ge 1 ] && [ ${stage} -le 4 ]; then
 fi
 run_stage 5 "${exp_root}/e2vs" data ${python} -m local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
 
-# Stages 6-9 for the system and each of its baselines (conf/baseline/<name>.yaml), each in exp/<exp_name>/.
-for variant in main ${baselines}; do
-  if [ "${variant}" = main ]; then exp_name=${system}; variant_args=""; else
-    exp_name=${system}_${variant}; variant_args="baseline=${variant}"; fi
+# Stages 6-9 of one experiment: the system (main) or a baseline (conf/baseline/<name>.yaml), in exp/<exp_name>/.
+run_experiment() {
+  local variant=$1 exp_name=${system} variant_args="" args
+  if [ "${variant}" != main ]; then exp_name=${system}_${variant}; variant_args="baseline=${variant}"; fi
   args="${common_args} ${experiment_args} ${variant_args}"
   run_stage 6 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.sft ${args} ${sft_args}
   run_stage 7 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.distill ${args} ${distill_args}
   run_stage 8 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.rl ${args} ${rl_args}
   run_stage 9 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.decode ${args} ${decode_args}
+}
+# The system first (some baselines start from its models), then the baselines: on CPU ${nj} at
+# a time, each a single-threaded process on its own core; on GPUs one after another.
+run_experiment main
+parallel=$([ "${ngpu}" -eq 0 ] && echo "${nj}" || echo 1)
+pids=()
+for variant in ${baselines}; do
+  while [ "$(jobs -rp | wc -l)" -ge "${parallel}" ]; do wait -n || true; done
+  run_experiment "${variant}" &
+  pids+=($!)
 done
+failed=0
+for pid in ${pids[@]+"${pids[@]}"}; do wait "${pid}" || failed=$((failed + 1)); done
+if [ ${failed} -gt 0 ]; then
+  log "Error: ${failed} baseline(s) failed; see ${exp_root}/log/"
+  exit 1
+fi
 run_stage 10 "${exp_root}/${system}" all ${python} -m local.bin.score ${common_args} ${experiment_args} ${score_args}
 if [ ${stop_stage} -ge 10 ] && [ -f "${exp_root}/${system}/results.md" ]; then
   cat "${exp_root}/${system}/results.md"

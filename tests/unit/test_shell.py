@@ -77,3 +77,57 @@ def test_run_sh_help_lists_all_stages():
     assert out.returncode == 0
     for n, name in enumerate("prepare format attributes targets shards pretrain sft distill rl decode score".split()):
         assert f"  {n:<3} {name}" in out.stderr
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for the stages: logs "start|end <module> <exp_name>" and fails where told.
+name=main
+for a in "$@"; do case "$a" in baseline=*) name=${a#baseline=} ;; esac; done
+echo "start $2 ${name}" >> "$CALLS"
+sleep 0.3
+echo "end $2 ${name}" >> "$CALLS"
+[ "${name}" != "${FAIL:-}" ] || exit 3
+"""
+
+
+def run_model_stages(tmp_path: Path, fail: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.unlink(missing_ok=True)
+    out = subprocess.run([str(ROOT / "run.sh"), "--stage", "6", "--python", str(fake), "--nj", "2",
+                          "--exp_root", str(tmp_path / "exp")], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "EMOREASON_RECIPE": "mini_lime", "CALLS": str(calls),
+                              "FAIL": fail})
+    return out, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_run_sh_trains_baselines_two_at_a_time_after_the_system(tmp_path):
+    out, calls = run_model_stages(tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    baselines = ["text_only", "no_whisper", "no_e2v", "no_cot"]  # c2ser's
+    ends = [c.split()[2] for c in calls if c.startswith("end local.bin.decode")]
+    assert sorted(ends) == sorted(["main"] + baselines)
+    main_done = calls.index("end local.bin.decode main")
+    assert all(c.endswith(" main") for c in calls[:main_done + 1])  # the system first, alone
+    assert calls[-1] == "end local.bin.score main" and calls[-2].startswith("start local.bin.score")
+    running, most = set(), 0
+    for c in calls[main_done + 1:-2]:
+        event, _, name = c.split()
+        (running.add if event == "start" else running.discard)(name)
+        most = max(most, len(running))
+    assert most == 2  # --nj 2: two baselines at once, never more
+
+    again, calls = run_model_stages(tmp_path)
+    assert again.returncode == 0 and calls == []  # every stage done already
+    assert again.stdout.count("done already") == 4 * 5 + 1
+
+
+def test_run_sh_fails_when_a_baseline_fails_and_keeps_the_others(tmp_path):
+    out, calls = run_model_stages(tmp_path, fail="no_whisper")
+    assert out.returncode == 1
+    assert "1 baseline(s) failed" in out.stdout
+    finished = {c.split()[2] for c in calls if c.startswith("end local.bin.decode")}
+    assert finished == {"main", "text_only", "no_e2v", "no_cot"}
+    assert not any("local.bin.score" in c for c in calls)  # no table from a partial run
