@@ -1,9 +1,11 @@
 """The data-dir reader, writer and validator: every error names its file and line."""
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from local.bin.subset import main as subset_main
 from local.data.kaldi import (DataDir, DataDirError, format_dist, parse_dist, read_table,
                               read_table_lenient, validate_data_dir)
 
@@ -118,3 +120,25 @@ def test_save_is_atomic_and_keeps_other_files(data_dir, monkeypatch):
 
 def test_dist_round_trip():
     assert parse_dist(format_dist({"anger": 0.25, "fear": 0.75, "sadness": 0.0})) == {"anger": 0.25, "fear": 0.75}
+
+
+def test_subset_cuts_every_table_and_the_targets(tmp_path):
+    src = tmp_path / "src"
+    utts = [f"spk{s}_u{i}" for s in (1, 2) for i in range(5)]
+    DataDir({"wav.scp": {u: f"/x/{u}.wav" for u in utts}, "utt2spk": {u: u[:4] for u in utts},
+             "utt2emo": {u: "anger" for u in utts}}).save(src)
+    (src / "targets.jsonl").write_text("".join(json.dumps({"utt": u, "type": t}) + "\n"
+                                               for u in utts for t in ("cot", "label")))
+    (src / "attr_stats.json").write_text("{}")
+    assert subset_main([str(src), str(tmp_path / "every"), "--every", "3"]) == 0
+    every = DataDir.load(tmp_path / "every")
+    assert every.utts == sorted(utts)[::3]
+    assert set(every["utt2emo"]) == set(every.utts)
+    records = [json.loads(line) for line in (tmp_path / "every" / "targets.jsonl").read_text().splitlines()]
+    assert [r["utt"] for r in records] == [u for u in every.utts for _ in range(2)]
+    assert (tmp_path / "every" / "attr_stats.json").exists()
+    (tmp_path / "spk.txt").write_text("spk2\n")
+    assert subset_main([str(src), str(tmp_path / "spk"), "--spk-list", str(tmp_path / "spk.txt")]) == 0
+    assert DataDir.load(tmp_path / "spk").utts == [u for u in sorted(utts) if u.startswith("spk2")]
+    (tmp_path / "none.txt").write_text("nobody\n")
+    assert subset_main([str(src), str(tmp_path / "none"), "--utt-list", str(tmp_path / "none.txt")]) == 1
