@@ -233,3 +233,24 @@ def test_validation_is_the_same_in_and_out_of_the_trainer(recipe):
     summary = json.loads((exp / "summary.json").read_text())
     last_valid = [r for r in rl_records(exp) if r["split"] == "valid"][-1]
     assert summary["after"]["reward"] == pytest.approx(last_valid["valid_reward"], abs=1e-6)
+
+
+
+@pytest.mark.slow
+def test_dev_outputs_are_greedy_in_eval_mode_before_during_and_after(recipe, monkeypatch):
+    """Every validation (the "before" one too, which runs on a freshly loaded model in train mode)
+    decodes without dropout, so the before/after rewards differ by the weights only."""
+    seen = []
+
+    def spy(module, batch, prompts, gen_kwargs):
+        seen.append((gen_kwargs["do_sample"], module.training))
+        return real_sample(module, batch, prompts, gen_kwargs)
+
+    real_sample = stage_module.sample
+    monkeypatch.setattr(stage_module, "sample", spy)
+    exp = recipe / "exp" / "amb" / "rl_modes"
+    rl_main(config(recipe, ["rl.algorithm=grpo", f"rl.exp_dir={exp}", "trainer.max_steps=1"]))
+    greedy = [training for do_sample, training in seen if not do_sample]
+    rollouts = [training for do_sample, training in seen if do_sample]
+    assert len(greedy) >= 3 and not any(greedy)  # before, the trainer's validation, after
+    assert rollouts and all(rollouts)  # rollouts sample from the policy as it trains

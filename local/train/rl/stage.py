@@ -317,7 +317,17 @@ class PolicyOptimisation:
 
     @torch.no_grad()
     def evaluate(self, model, loader) -> dict[str, float]:
+        """Dev rewards in eval mode whoever calls (the trainer, or :func:`run` before and after it),
+        so that the before/after numbers differ by the weights only."""
         module = self.trainer.module if self.trainer is not None else model
+        was_training = module.training
+        module.eval()
+        try:
+            return self._evaluate(module, loader)
+        finally:
+            module.train(was_training)
+
+    def _evaluate(self, module: AudioLLM, loader) -> dict[str, float]:
         greedy = {k: v for k, v in self.gen_kwargs.items() if k not in ("temperature", "top_p")} | {"do_sample": False}
         rewards, js, per_route = [], [], {r: [] for r in ROUTES}
         if hasattr(loader, "set_epoch"):
