@@ -41,7 +41,7 @@ import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from local.models.feature_norm import FeatureNorm
 from local.models.frames import fit_length, stack_frames
 from local.models.tokenizer import AUDIO_TOKEN, add_audio_token, fit_embeddings
 
@@ -84,7 +85,8 @@ class AudioLLM(nn.Module):
     def __init__(self, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  semantic: nn.Module | None = None, acoustic: nn.Module | None = None,
                  connectors: Mapping[str, nn.Module] | None = None, utterance_proj: nn.Module | None = None,
-                 fusion: str = "time_concat", acoustic_stack: int = 1, audio_prefix: str = AUDIO_TOKEN):
+                 fusion: str = "time_concat", acoustic_stack: int = 1, audio_prefix: str = AUDIO_TOKEN,
+                 feature_norm: FeatureNorm | None = None):
         super().__init__()
         connectors = dict(connectors or {})
         if fusion not in FUSIONS:
@@ -108,6 +110,7 @@ class AudioLLM(nn.Module):
         self.semantic, self.acoustic = semantic, acoustic
         self.connectors = nn.ModuleDict(connectors)
         self.utterance_proj = utterance_proj
+        self.feature_norm = feature_norm
         self.fusion, self.acoustic_stack, self.audio_prefix = fusion, acoustic_stack, audio_prefix
         self.audio_token_id = add_audio_token(tokenizer)
         self._feature_memo = None  # (wav array, {name: output}) of the last cache_feature call
@@ -146,7 +149,7 @@ class AudioLLM(nn.Module):
         """
         if self._feature_memo is None or self._feature_memo[0] is not wav:
             x = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)[None]
-            feats = self.encoder_features({"wav": x, "wav_lens": torch.tensor([x.shape[1]])})
+            feats = self.encoder_features({"wav": x, "wav_lens": torch.tensor([x.shape[1]])}, normalised=False)
             self._feature_memo = (wav, {n: frames[0, :int(lengths[0])].float().cpu().numpy()
                                         for n, (frames, lengths) in feats.items()})
         return self._feature_memo[1][name]
@@ -157,8 +160,10 @@ class AudioLLM(nn.Module):
 
     # --- audio tokens --------------------------------------------------------------
 
-    def encoder_features(self, batch: Mapping, names: Sequence[str] | None = None) -> Features:
-        """The encoder outputs ``names`` (default: all used) from ``batch["feats"]`` when cached, else computed."""
+    def encoder_features(self, batch: Mapping, names: Sequence[str] | None = None, normalised: bool = True
+                         ) -> Features:
+        """The encoder outputs ``names`` (default: all used) from ``batch["feats"]`` when cached, else computed;
+        through :attr:`feature_norm` unless ``normalised`` is false (what the cache stores, what the norm is fitted on)."""
         names = self.feature_names() if names is None else names
         cached, cached_lens = batch.get("feats") or {}, batch.get("feat_lens") or {}
         out = {n: (cached[n].to(self.device), cached_lens[n].to(self.device)) for n in names if n in cached}
@@ -178,7 +183,19 @@ class AudioLLM(nn.Module):
                     e2v = self.acoustic.extract(wav, lens)
                 out["e2v"] = (e2v["frames"], e2v["frame_lengths"].to(self.device))
                 out["e2v_utt"] = (e2v["utterance"][:, None], torch.ones_like(lens))
+        if normalised and self.feature_norm is not None:
+            out = {n: (self.feature_norm(n, *out[n]), out[n][1]) for n in names}
         return {n: out[n] for n in names}
+
+    @torch.no_grad()
+    def fit_feature_norm(self, batches: Iterable[Mapping]) -> None:
+        """Take :attr:`feature_norm`'s statistics from the encoders' outputs on ``batches`` (the training set)."""
+        was_training = self.training
+        self.eval()
+        try:
+            self.feature_norm.fit(self.encoder_features(b, normalised=False) for b in batches)
+        finally:
+            self.train(was_training)
 
     def audio_tokens(self, batch: Mapping) -> list[torch.Tensor]:
         """Per utterance (one per ``batch["prompts"]``), its audio token embeddings [N_i, LLM width]."""
@@ -370,9 +387,13 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
         torch.manual_seed(cfg.get("init_seed", 0))
         connectors, stack = new_connectors(cfg, fusion, semantic, acoustic_dim if use_frames else None, width)
         utterance_proj = nn.Linear(acoustic_dim, width) if use_utterance else None
+    dims = {"whisper": semantic.dim if semantic is not None else None,
+            "e2v": acoustic_dim if use_frames else None, "e2v_utt": acoustic_dim if use_utterance else None}
+    dims = {n: d for n, d in dims.items() if d}
+    feature_norm = FeatureNorm(dims) if cfg.get("feature_norm") and dims else None
     model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
                      utterance_proj=utterance_proj, fusion=fusion, acoustic_stack=stack,
-                     audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN))
+                     audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN), feature_norm=feature_norm)
     model.config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what save_alm writes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("audio LLM: %s, %d trainable of %d parameters", ", ".join(model.feature_names()) or "no audio",
@@ -386,7 +407,7 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     """Write what a later stage needs to rebuild ``model``: its config, tokenizer and trained weights.
 
     Only trainable tensors are stored (LoRA, connectors, a fully fine-tuned tiny
-    LM): frozen parts come back from where ``model_cfg`` says (a pretrained
+    LM), and the feature normalisation's statistics: frozen parts come back from where ``model_cfg`` says (a pretrained
     checkpoint, a seeded random init), so a 7B model costs megabytes, not 15 GB.
     The dir is written under a temporary name and renamed.
     """
@@ -398,7 +419,9 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     cfg.llm.tokenizer = "tokenizer"  # relative to the model dir
     OmegaConf.save(cfg, tmp / "model.yaml")
     model.tokenizer.save_pretrained(tmp / "tokenizer")
-    torch.save({n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}, tmp / "trained.pt")
+    state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.cpu() for n, b in model.named_buffers() if n.startswith("feature_norm.")})
+    torch.save(state, tmp / "trained.pt")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -413,8 +436,9 @@ def load_alm(directory: Path | str, device: str | torch.device = "cpu",
     model = build_alm(cfg, acoustic=acoustic, tokenizer=tokenizer)
     state = torch.load(directory / "trained.pt", map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if result.unexpected_keys or trainable - set(state):
+    needed = {n for n, p in model.named_parameters() if p.requires_grad}
+    needed |= {n for n, _ in model.named_buffers() if n.startswith("feature_norm.")}
+    if result.unexpected_keys or needed - set(state):
         raise ValueError(f"{directory}: weights do not fit the model: unexpected {result.unexpected_keys[:5]}, "
-                         f"missing {sorted(trainable - set(state))[:5]}")
+                         f"missing {sorted(needed - set(state))[:5]}")
     return model.to(device)

@@ -26,6 +26,7 @@ gets the bare audio LLM and nothing differs from CE-only training.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -188,6 +189,18 @@ def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader,
     return ShardLoader(train_dir, shuffle=True, **args), ShardLoader(dev_dir, shuffle=False, **args)
 
 
+def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
+    """The encoder-output statistics of the training set (the first ``stage.norm_batches`` batches, in
+    shard order; all when null), computed the same way on every run, so a resumed stage gets the same."""
+    train_dir, names = cached_shards(model, cfg, cfg.train_set)
+    loader = ShardLoader(train_dir, batch_size=stage.batch_size, features=names, seed=cfg.seed, shuffle=False,
+                         load_audio=not set(model.feature_names()) <= set(names))
+    limit = stage.get("norm_batches")
+    model.fit_feature_norm(itertools.islice(loader, limit))
+    log.info("feature normalisation: statistics of %s from %s batches of %s", ", ".join(model.feature_norm.names),
+             limit or "all", train_dir)
+
+
 def run(cfg: DictConfig, stage: DictConfig) -> Path:
     """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir."""
     exp_dir = Path(stage.exp_dir)
@@ -197,6 +210,8 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
     else:
         model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
     train, valid = shard_loaders(model, cfg, stage.batch_size)
+    if model.feature_norm is not None and not model.feature_norm.fitted:
+        fit_feature_norm(model, cfg, stage)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
     schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)

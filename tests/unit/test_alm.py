@@ -19,9 +19,10 @@ from hydra.core.global_hydra import GlobalHydra
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from local.data.loader import collate
-from local.models.alm import IGNORE_INDEX, build_alm
+from local.models.alm import IGNORE_INDEX, build_alm, load_alm, save_alm
 from local.models.connectors import MLPAdapter, TransformerConnector
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS
+from local.models.feature_norm import FeatureNorm
 from local.models.frames import stack_frames
 from local.models.tokenizer import AUDIO_TOKEN, train_tokenizer
 from local.models.whisper import WhisperFrontend
@@ -404,3 +405,50 @@ def test_meralion_adapters_give_fixed_token_budgets(tiny_dirs):
     assert [len(t) for t in tokens] == [1 + 10 + 100] * 2
     assert torch.isfinite(out.loss)
     assert model.tokenizer.decode(model.prompt_ids(PROMPT)).startswith("<|im_start|>user\n<audio_start><|audio|>")
+
+
+# --- feature normalisation -----------------------------------------------------------
+
+def test_feature_norm_statistics_ignore_padding_and_standardise():
+    norm = FeatureNorm({"x": 3})
+    frames = torch.randn(2, 5, 3) * torch.tensor([0.1, 1.0, 5.0]) + torch.tensor([2.0, -1.0, 0.0])
+    lengths = torch.tensor([5, 2])
+    frames[1, 2:] = 1e6  # padding must not count
+    assert torch.equal(norm("x", frames, lengths), frames)  # not fitted yet: unchanged
+    norm.fit([{"x": (frames, lengths)}])
+    valid = torch.cat([frames[0], frames[1, :2]]).double()
+    torch.testing.assert_close(norm.x_mean.double(), valid.mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(norm.x_std.double(), valid.std(0, unbiased=False), rtol=1e-5, atol=1e-6)
+    out = norm("x", frames, lengths)
+    assert not out[1, 2:].any()  # padding zeroed
+    flat = torch.cat([out[0], out[1, :2]])
+    torch.testing.assert_close(flat.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat.std(0, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_feature_norm_is_fitted_on_raw_features_saved_and_applied_to_the_cache_alike(tiny_dirs, tmp_path):
+    model = build_tiny(tiny_dirs).eval()
+    assert sorted(model.feature_norm.names) == ["e2v", "e2v_utt", "whisper"]
+    model.fit_feature_norm([make_batch(), make_batch((9600, 4000))])
+    with torch.no_grad():
+        raw = model.encoder_features(make_batch(), normalised=False)["whisper"]
+        normed = model.encoder_features(make_batch())["whisper"]
+    torch.testing.assert_close(normed[0][0, :int(raw[1][0])],
+                               (raw[0][0, :int(raw[1][0])] - model.feature_norm.whisper_mean) / model.feature_norm.whisper_std)
+    # the cache stores raw outputs, and a batch read from it is normalised like one from waveforms
+    fns = model.feature_fns()
+    samples = [{"utt": f"u{i}", "meta": {}, "targets": [], "wav": w, "feats": {n: fn(w) for n, fn in fns.items()}}
+               for i, w in enumerate(waves([8000, 12800]))]
+    np.testing.assert_allclose(samples[0]["feats"]["whisper"], raw[0][0, :int(raw[1][0])].numpy(), atol=1e-6)
+    cached = {**collate(samples), "prompts": [PROMPT] * 2, "responses": RESPONSES}
+    del cached["wav"], cached["wav_lens"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(cached).loss, model(make_batch()).loss, atol=1e-5, rtol=1e-5)
+    save_alm(model, tmp_path / "m")
+    loaded = load_alm(tmp_path / "m", acoustic=StandInE2V(16))
+    for name, value in model.feature_norm.state_dict().items():
+        assert torch.equal(loaded.feature_norm.state_dict()[name], value), name
+    state = torch.load(tmp_path / "m" / "trained.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("feature_norm.")}, tmp_path / "m" / "trained.pt")
+    with pytest.raises(ValueError, match="missing.*feature_norm"):
+        load_alm(tmp_path / "m", acoustic=StandInE2V(16))
