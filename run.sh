@@ -9,6 +9,9 @@
 # the corpus' own options apply; that script calls this one back from the recipe
 # dir, where data/, dump/ and exp/ live.
 set -euo pipefail
+# The whole script is one { ... } block: bash reads it all before running it, so editing run.sh
+# while an experiment runs cannot change what that run does next.
+{
 
 log() {
   local fname=${BASH_SOURCE[1]##*/}
@@ -196,9 +199,12 @@ run_experiment() {
 }
 # The system first (some baselines start from its models), then the baselines: on CPU ${nj} at
 # a time, each a single-threaded process on its own core; on GPUs one after another.
+# Each baseline runs in its own process group (set -m), so that an interrupt stops it whole.
 run_experiment main
 parallel=$([ "${ngpu}" -eq 0 ] && echo "${nj}" || echo 1)
 pids=()
+set -m
+trap 'trap - INT TERM; for p in $(jobs -p); do kill -TERM -- "-${p}" 2>/dev/null || true; done; exit 130' INT TERM
 for variant in ${baselines}; do
   while [ "$(jobs -rp | wc -l)" -ge "${parallel}" ]; do wait -n || true; done
   run_experiment "${variant}" &
@@ -206,6 +212,8 @@ for variant in ${baselines}; do
 done
 failed=0
 for pid in ${pids[@]+"${pids[@]}"}; do wait "${pid}" || failed=$((failed + 1)); done
+trap - INT TERM
+set +m
 if [ ${failed} -gt 0 ]; then
   log "Error: ${failed} baseline(s) failed; see ${exp_root}/log/"
   exit 1
@@ -215,3 +223,5 @@ if [ ${stop_stage} -ge 10 ] && [ -f "${exp_root}/${system}/results.md" ]; then
   cat "${exp_root}/${system}/results.md"
 fi
 log "Successfully finished. [elapsed=${SECONDS}s]"
+exit
+}

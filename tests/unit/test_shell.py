@@ -1,5 +1,8 @@
 """The shell layer: Kaldi option parsing, the launcher, and run.sh's refusals."""
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,21 +88,26 @@ name=main
 for a in "$@"; do case "$a" in baseline=*) name=${a#baseline=} ;; esac; done
 echo "start $2 ${name}" >> "$CALLS"
 sleep 0.3
+[ "${name}" = main ] || sleep "${BASELINE_SLEEP:-0}"
 echo "end $2 ${name}" >> "$CALLS"
 [ "${name}" != "${FAIL:-}" ] || exit 3
 """
 
 
-def run_model_stages(tmp_path: Path, fail: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+def model_stages_command(tmp_path: Path, **env: str) -> dict:
+    """run.sh --stage 6 with a fake interpreter that logs each stage to tmp_path/calls."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
+    (tmp_path / "calls").unlink(missing_ok=True)
+    return dict(args=[str(ROOT / "run.sh"), "--stage", "6", "--python", str(fake), "--nj", "2",
+                      "--exp_root", str(tmp_path / "exp")], cwd=tmp_path, text=True,
+                env={**os.environ, "EMOREASON_RECIPE": "mini_lime", "CALLS": str(tmp_path / "calls"), **env})
+
+
+def run_model_stages(tmp_path: Path, fail: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+    out = subprocess.run(capture_output=True, **model_stages_command(tmp_path, FAIL=fail))
     calls = tmp_path / "calls"
-    calls.unlink(missing_ok=True)
-    out = subprocess.run([str(ROOT / "run.sh"), "--stage", "6", "--python", str(fake), "--nj", "2",
-                          "--exp_root", str(tmp_path / "exp")], cwd=tmp_path, capture_output=True, text=True,
-                         env={**__import__("os").environ, "EMOREASON_RECIPE": "mini_lime", "CALLS": str(calls),
-                              "FAIL": fail})
     return out, calls.read_text().splitlines() if calls.exists() else []
 
 
@@ -131,3 +139,26 @@ def test_run_sh_fails_when_a_baseline_fails_and_keeps_the_others(tmp_path):
     finished = {c.split()[2] for c in calls if c.startswith("end local.bin.decode")}
     assert finished == {"main", "text_only", "no_e2v", "no_cot"}
     assert not any("local.bin.score" in c for c in calls)  # no table from a partial run
+
+
+def test_interrupting_run_sh_stops_the_baselines_running_in_the_background(tmp_path):
+    proc = subprocess.Popen(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            **model_stages_command(tmp_path, BASELINE_SLEEP="60"))
+    calls = tmp_path / "calls"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not calls.exists() or calls.read_text().count("start local.bin.sft") < 3):
+        time.sleep(0.05)
+    assert calls.read_text().count("start local.bin.sft") == 3  # the system's, then two baselines at once
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 130
+    time.sleep(0.5)
+    fake = str(tmp_path / "python")
+    survivors = [p for p in Path("/proc").iterdir() if p.name.isdigit() and fake in read_cmdline(p)]
+    assert survivors == []
+
+
+def read_cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
