@@ -6,7 +6,8 @@
 Writes ``<exp_dir>/results.json``, ``results.md`` and ``confusion_<set>_<row>.png``;
 the attribute baseline's predictions go to ``<exp_dir>/attr_baseline/<set>/``.  Decode dirs with a
 ``hyp_dist`` (``decode.dist=true``) are also scored against the test set's ``utt2dist``: JS (log base 2),
-BC, Brier, ECE and arg-max accuracy.
+BC, Brier, ECE and arg-max accuracy.  ``score.judge_rubrics`` adds the judge's mean scores of each row
+(``judge=offline|hf|openai``; CogAudio's empathy 1-4 in experiment/cogaudio.yaml).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from local.data.labels import EMOTIONS
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
 from local.eval.extract import extract_labels
-from local.eval.report import score_row, write_results
-from local.reasoning.teacher import CachedTeacher, build_teacher
+from local.eval.judge import JudgeItem, build_judge
+from local.eval.report import judge_row, score_row, write_results
+from local.reasoning.teacher import build_teacher
 from local.utils.hydra import entry_point
 
 log = logging.getLogger("score")
@@ -98,6 +100,7 @@ def main(cfg: DictConfig) -> str:
         teacher = build_teacher(OmegaConf.to_container(teacher_cfg, resolve=True))
         if teacher.name == "offline":
             raise ValueError("score.extract=llm needs a language-model teacher (hf or openai), not the offline one")
+    judge = build_judge(OmegaConf.to_container(cfg.judge, resolve=True)) if opts.get("judge_rubrics") else None
     results, confusions = {}, {}
     try:
         entries = {Path(e).name: e for e in cfg.test_sets}
@@ -111,9 +114,16 @@ def main(cfg: DictConfig) -> str:
                                                            ece_bins=opts.get("ece_bins", 15))
                 if matrix is not None:
                     confusions[(test_set, row)] = matrix
+                if judge is not None and row != "attributes":  # the classifier's outputs are bare labels
+                    items = [JudgeItem(utt=r["utt"], output=r["hyp"], label=r.get("label") or "",
+                                       text=r.get("text") or "") for r in records]
+                    results[test_set][row]["judge"] = {
+                        k: v for rubric in opts.judge_rubrics
+                        for k, v in judge_row(records, judge.score(items, rubric)).items()}
     finally:
-        if isinstance(teacher, CachedTeacher):
-            teacher.close()
+        for backend in (teacher, judge):
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
     markdown = write_results(opts.exp_dir, results, confusions, EMOTIONS)
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")

@@ -430,6 +430,11 @@ class Judge:
     def __repr__(self) -> str:
         return f"Judge({self.teacher!r}, retries={self.retries})" if self.teacher else "Judge(offline)"
 
+    def close(self) -> None:
+        """Close the backend's request cache, if it has one."""
+        if self.teacher is not None and hasattr(self.teacher, "close"):
+            self.teacher.close()
+
     def score(self, items: Sequence[JudgeItem], rubric: str) -> list[Score | None]:
         """One score per item, ``None`` where the judge failed or stayed unreadable (drop it)."""
         if rubric not in RUBRICS:

@@ -22,6 +22,9 @@ both: ``js`` (Jensen–Shannon divergence, log base 2, in [0, 1]), ``bc``
 (Bhattacharyya coefficient), ``brier`` (per-class mean), ``ece`` (``score.ece_bins`` bins),
 ``acc_dist`` (the arg-max is a most-voted class) and ``n_dist``.
 
+With ``score.judge_rubrics`` a row also has ``judge``: the mean raw score of each rubric key over the
+outputs the judge scored (e.g. ``{"empathy": 2.4, "n_judged": 284}``, empathy on CogAudio's 1-4 scale).
+
 ``results.md`` has one table per test set (percentages; the distribution
 scores, when a row has them, as fractions with acc % last), and
 ``confusion_<set>_<row>.png`` one confusion matrix per labelled row.
@@ -115,13 +118,15 @@ def _frac(x) -> str:
 
 def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
     """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n; then, when a
-    row has them, JS (bits) / BC / Brier / ECE / arg-max accuracy % of the read-out distributions."""
+    row has them, JS (bits) / BC / Brier / ECE / arg-max accuracy % of the read-out distributions, and the
+    judge's mean scores."""
     parts = []
     for test_set, rows in results.items():
         subsets = sorted({s for row in rows.values() for s in row["subsets"]})
         dist = any("js" in row for row in rows.values())
+        judged = sorted({k for row in rows.values() for k in row.get("judge", {}) if k != "n_judged"})
         header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n",
-                  *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else [])]
+                  *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []), *judged]
         lines = [f"### {test_set}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
@@ -133,6 +138,7 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
                      str(row["n"])]
             if dist:
                 cells += [*(_frac(row.get(k)) for k in ("js", "bc", "brier", "ece")), _pct(row.get("acc_dist"))]
+            cells += ["–" if row.get("judge", {}).get(k) is None else f"{row['judge'][k]:.2f}" for k in judged]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -160,6 +166,13 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> byte
     finally:
         plt.close(fig)
     return buf.getvalue()
+
+
+def judge_row(records: Sequence[Mapping], scores: Sequence[Mapping[str, float] | None]) -> dict:
+    """The mean of each score key over the records the judge scored (None where it could not)."""
+    kept = [s for s in scores if s is not None]
+    keys = sorted({k for s in kept for k in s})
+    return {**{k: float(np.mean([s[k] for s in kept if k in s])) for k in keys}, "n_judged": len(kept)}
 
 
 def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mapping]],

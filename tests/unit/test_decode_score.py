@@ -23,6 +23,7 @@ from local.data.shards import write_shards
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import (DataDirBatches, decode, generation_kwargs, read_decode_dir, resolve_test_set,
                                write_decode_dir)
+from local.eval.judge import JudgeItem, offline_empathy
 from local.eval.extract import extract_label, extract_labels
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.models import alm
@@ -327,6 +328,24 @@ def test_results_have_the_documented_shape_and_the_metrics_values(tmp_path, caps
     image = imread(png)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert confusion(refs, hyps, EMOTIONS)[0].tolist() == [1, 0, 0, 0, 0, 0, 0, 1]  # anger: one right, one invalid
+
+
+def test_judge_rubrics_add_the_mean_judge_score_of_each_row(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    outputs = ["I can hear how angry you are about the soup; that was not okay.",
+               "<thought>Emotion perception: sadness.</thought><response>That sounds heavy. I am here.</response>",
+               "Thank you for sharing.", "I cannot tell.", "情感是悲伤。", "You sound sad; tell me more."]
+    write_hand_decode(exp / "decode_t1_implicit", outputs, 0.01)
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
+                   "score.attributes=false", "score.judge_rubrics=[empathy]", "judge=offline"])
+    score_main(cfg)
+    row = json.loads((exp / "results.json").read_text())["t1"]["implicit"]
+    want = [offline_empathy(JudgeItem(utt=u, output=h, label=ref, text="x"))["empathy"]
+            for (u, ref, _, _), h in zip(HAND, outputs)]
+    assert len(set(want)) > 1  # the outputs differ in empathy, so the mean says something
+    assert row["judge"] == {"empathy": pytest.approx(np.mean(want)), "n_judged": 6}
+    assert f"| {np.mean(want):.2f} |" in (exp / "results.md").read_text()
+    assert "| empathy |" in (exp / "results.md").read_text()
 
 
 # --- the attribute baseline -------------------------------------------------------------------
