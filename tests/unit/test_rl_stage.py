@@ -254,3 +254,19 @@ def test_dev_outputs_are_greedy_in_eval_mode_before_during_and_after(recipe, mon
     rollouts = [training for do_sample, training in seen if do_sample]
     assert len(greedy) >= 3 and not any(greedy)  # before, the trainer's validation, after
     assert rollouts and all(rollouts)  # rollouts sample from the policy as it trains
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "sapo"])
+def test_stage_8_climbs_a_reward_the_policy_can_reach(recipe, monkeypatch, algorithm):
+    """End to end (sampling, scoring, advantages, loss, update): with a reward for short outputs the
+    rollouts get shorter.  A sign error or rewards paired with the wrong rollouts would not."""
+    monkeypatch.setattr(stage_module.PolicyOptimisation, "rewards",
+                        lambda self, module, batch, prompts, texts, gold, routes:
+                        [1.0 - len(module.tokenizer(t).input_ids) / 12 for t in texts])
+    exp = recipe / "exp" / "amb" / f"rl_climb_{algorithm}"
+    rl_main(config(recipe, [f"rl.algorithm={algorithm}", f"rl.exp_dir={exp}", "trainer.max_steps=12",
+                            "trainer.lr=3e-3", "rl.group_size=4", "rl.sampling.max_new_tokens=12"]))
+    rewards = [r["reward"] for r in rl_records(exp) if r["split"] == "train"]
+    assert len(rewards) == 12
+    assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.2
