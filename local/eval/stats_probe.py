@@ -1,0 +1,115 @@
+"""What encoder outputs say about emotion, by logistic regression on utterance statistics.
+
+The audio LLM has to find the emotion in the frames its encoders hand over.  Before blaming the
+LLM (or its training), ask the frames: the mean and standard deviation over time of each output
+dimension, standardised, into a multinomial logistic regression trained on the train set and
+scored (UA) on it and on each test set.  ``log_mel`` (the spectrogram Whisper reads) is the
+reference for what the audio holds at this level of summary; ``whisper``, ``e2v`` (frames) and
+``e2v_utt`` (the utterance embedding, as it is) are the model config's encoders.
+
+Writes ``<out_dir>/results.md`` and ``results.json`` ({feature: {set: {"ua", "wa", "f1", "n"}}}).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from local.data.audio import read_audio
+from local.data.kaldi import DataDir
+from local.data.labels import EMOTIONS
+from local.eval.metrics import classification_scores
+from local.utils.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("log_mel", "whisper", "e2v", "e2v_utt")
+Summary = Callable[[torch.Tensor], np.ndarray]  # one waveform [samples] -> a fixed-size vector
+
+
+def mean_std(frames: torch.Tensor) -> np.ndarray:
+    """[T, D] -> [2D]: mean and standard deviation over time."""
+    return torch.cat([frames.mean(0), frames.std(0, unbiased=False)]).double().numpy()
+
+
+def summaries(model_cfg: DictConfig, names) -> dict[str, Summary]:
+    """The statistics of each feature, from the encoders ``model_cfg`` builds (frozen, eval mode)."""
+    unknown = set(names) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"stats_probe.features: unknown {sorted(unknown)} (known: {', '.join(FEATURES)})")
+    whisper = instantiate(model_cfg.encoder, _convert_="all").eval() if {"log_mel", "whisper"} & set(names) else None
+    e2v = instantiate(model_cfg.e2v, _convert_="all").eval() if {"e2v", "e2v_utt"} & set(names) else None
+
+    def one(wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return wav[None], torch.tensor([len(wav)])
+
+    def log_mel(wav):
+        mel, n = whisper.log_mel(*one(wav))
+        return mean_std(mel[0, :, :int(n[0])].T)
+
+    def whisper_frames(wav):
+        frames, n = whisper.encode(*one(wav))
+        return mean_std(frames[0, :int(n[0])])
+
+    def e2v_frames(wav):
+        out = e2v.extract(*one(wav))
+        return mean_std(out["frames"][0, :int(out["frame_lengths"][0])])
+
+    def e2v_utt(wav):
+        return e2v.extract(*one(wav))["utterance"][0].double().numpy()
+
+    table = {"log_mel": log_mel, "whisper": whisper_frames, "e2v": e2v_frames, "e2v_utt": e2v_utt}
+    return {n: table[n] for n in names}
+
+
+@torch.no_grad()
+def featurise(data_dir: Path, fns: dict[str, Summary]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """({feature: [N, F]}, labels) over the labelled utterances of a data dir."""
+    data = DataDir.load(data_dir)
+    utts = [u for u in data.utts if u in (data.get("utt2emo") or {})]
+    if not utts:
+        raise ValueError(f"{data_dir}: no utterance has a label (utt2emo)")
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in fns}
+    for utt in utts:
+        wav = torch.from_numpy(read_audio(data["wav.scp"][utt]))
+        for name, fn in fns.items():
+            rows[name].append(fn(wav))
+    return {n: np.stack(v) for n, v in rows.items()}, [data["utt2emo"][u] for u in utts]
+
+
+def run(cfg: DictConfig) -> dict:
+    opts = cfg.stats_probe
+    fns = summaries(cfg.model, list(opts.features))
+    sets = {"train": Path(cfg.data_root) / cfg.train_set,
+            **{Path(t).name: Path(cfg.data_root) / t for t in cfg.test_sets}}
+    feats = {}
+    for name, path in sets.items():
+        feats[name] = featurise(path, fns)
+        log.info("%s: statistics of %d utterances", path, len(feats[name][1]))
+    results: dict = {}
+    x_train, y_train = feats["train"]
+    for feature in fns:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=opts.C, max_iter=opts.max_iter))
+        clf.fit(x_train[feature], y_train)
+        results[feature] = {}
+        for name, (x, y) in feats.items():
+            scores = classification_scores(y, list(clf.predict(x[feature])), EMOTIONS)
+            results[feature][name] = {k: scores[k] for k in ("ua", "wa", "f1", "n")}
+    out = Path(opts.out_dir)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    header = ["features", *(f"UA {s}" for s in sets)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(sets) + "|"]
+    lines += ["| " + " | ".join([f, *(f"{100 * results[f][s]['ua']:.1f}" for s in sets)]) + " |" for f in fns]
+    markdown = "\n".join(lines) + "\n"
+    write_text_atomic(out / "results.md", markdown)
+    print(markdown, end="")
+    return results
