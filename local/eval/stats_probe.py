@@ -2,7 +2,8 @@
 
 The audio LLM has to find the emotion in the frames its encoders hand over.  Before blaming the
 LLM (or its training), ask the frames: the mean and standard deviation over time of each output
-dimension, standardised, into a multinomial logistic regression trained on the train set and
+dimension, and the standard deviation of its frame-to-frame change (how fast it moves: speaking
+rate, pitch movement), standardised, into a multinomial logistic regression trained on the train set and
 scored (UA) on it and on each test set.  ``log_mel`` (the spectrogram Whisper reads) is the
 reference for what the audio holds at this level of summary; ``whisper``, ``e2v`` (frames) and
 ``e2v_utt`` (the utterance embedding, as it is) are the model config's encoders.
@@ -36,9 +37,10 @@ FEATURES = ("log_mel", "whisper", "e2v", "e2v_utt")
 Summary = Callable[[torch.Tensor], np.ndarray]  # one waveform [samples] -> a fixed-size vector
 
 
-def mean_std(frames: torch.Tensor) -> np.ndarray:
-    """[T, D] -> [2D]: mean and standard deviation over time."""
-    return torch.cat([frames.mean(0), frames.std(0, unbiased=False)]).double().numpy()
+def functionals(frames: torch.Tensor) -> np.ndarray:
+    """[T, D] -> [3D]: mean and standard deviation over time, and the standard deviation of the deltas."""
+    delta = frames[1:] - frames[:-1] if len(frames) > 1 else torch.zeros_like(frames)
+    return torch.cat([frames.mean(0), frames.std(0, unbiased=False), delta.std(0, unbiased=False)]).double().numpy()
 
 
 def summaries(model_cfg: DictConfig, names) -> dict[str, Summary]:
@@ -54,15 +56,15 @@ def summaries(model_cfg: DictConfig, names) -> dict[str, Summary]:
 
     def log_mel(wav):
         mel, n = whisper.log_mel(*one(wav))
-        return mean_std(mel[0, :, :int(n[0])].T)
+        return functionals(mel[0, :, :int(n[0])].T)
 
     def whisper_frames(wav):
         frames, n = whisper.encode(*one(wav))
-        return mean_std(frames[0, :int(n[0])])
+        return functionals(frames[0, :int(n[0])])
 
     def e2v_frames(wav):
         out = e2v.extract(*one(wav))
-        return mean_std(out["frames"][0, :int(out["frame_lengths"][0])])
+        return functionals(out["frames"][0, :int(out["frame_lengths"][0])])
 
     def e2v_utt(wav):
         return e2v.extract(*one(wav))["utterance"][0].double().numpy()
