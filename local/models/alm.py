@@ -163,7 +163,7 @@ class AudioLLM(nn.Module):
     def encoder_features(self, batch: Mapping, names: Sequence[str] | None = None, normalised: bool = True
                          ) -> Features:
         """The encoder outputs ``names`` (default: all used) from ``batch["feats"]`` when cached, else computed;
-        through :attr:`feature_norm` unless ``normalised`` is false (what the cache stores, what the norm is fitted on)."""
+        through :attr:`feature_norm` unless ``normalised`` is false (what the cache stores and the norm fits)."""
         names = self.feature_names() if names is None else names
         cached, cached_lens = batch.get("feats") or {}, batch.get("feat_lens") or {}
         out = {n: (cached[n].to(self.device), cached_lens[n].to(self.device)) for n in names if n in cached}
@@ -407,8 +407,9 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     """Write what a later stage needs to rebuild ``model``: its config, tokenizer and trained weights.
 
     Only trainable tensors are stored (LoRA, connectors, a fully fine-tuned tiny
-    LM), and the feature normalisation's statistics: frozen parts come back from where ``model_cfg`` says (a pretrained
-    checkpoint, a seeded random init), so a 7B model costs megabytes, not 15 GB.
+    LM), and the feature normalisation's statistics: frozen parts come back from
+    where ``model_cfg`` says (a pretrained checkpoint, a seeded random init), so a
+    7B model costs megabytes, not 15 GB.
     The dir is written under a temporary name and renamed.
     """
     directory = Path(directory)
