@@ -242,11 +242,15 @@ class AudioLLM(nn.Module):
                              f"{ids.count(self.audio_token_id)}: {text!r}")
         return ids
 
-    def target_ids(self, response: str) -> list[int]:
+    def target_ids(self, response: str | Sequence[int]) -> list[int]:
+        """A text's tokens and EOS; token ids (a sampled rollout, ending in EOS only if the model stopped)
+        as they are, so a loss on a rollout is on exactly the tokens that were sampled."""
+        if not isinstance(response, str):
+            return list(response)
         return self.tokenizer(response, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
 
     def assemble(self, prompts: Sequence[str], audio: Sequence[torch.Tensor],
-                 responses: Sequence[str] | None = None, left_pad: bool = False
+                 responses: Sequence[str | Sequence[int]] | None = None, left_pad: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs_embeds [B, L, H], attention_mask [B, L], labels [B, L]) with the audio spliced in."""
         if len(prompts) != len(audio) or (responses is not None and len(responses) != len(prompts)):
@@ -277,7 +281,7 @@ class AudioLLM(nn.Module):
     # --- training and generation -------------------------------------------------
 
     def forward(self, batch: Mapping) -> ALMOutput:
-        """``batch``: "prompts" and "responses" (lists of str), plus "wav" [B, T] / "wav_lens" [B]
+        """``batch``: "prompts" and "responses" (lists of str, or of token ids), plus "wav" [B, T] / "wav_lens" [B]
         and/or cached "feats" / "feat_lens" (see :mod:`local.data.loader`)."""
         audio = self.audio_tokens(batch)
         embeds, mask, labels = self.assemble(batch["prompts"], audio, batch["responses"])
@@ -286,10 +290,12 @@ class AudioLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, wav: torch.Tensor | None, wav_lens: torch.Tensor | None, prompts: Sequence[str], *,
-                 feats: Mapping | None = None, feat_lens: Mapping | None = None, **gen_kwargs) -> list[str]:
-        """Decode a batch (greedy unless ``gen_kwargs`` say otherwise); the texts, special tokens removed.
+                 feats: Mapping | None = None, feat_lens: Mapping | None = None, return_ids: bool = False,
+                 **gen_kwargs) -> list[str] | tuple[list[str], list[list[int]]]:
+        """Decode a batch (greedy unless ``gen_kwargs`` say otherwise); the texts, special tokens removed,
+        and with ``return_ids`` also each row's generated token ids up to and including its first EOS.
 
-        The mode (train/eval) is the caller's: RL rollouts sample in train mode.
+        The mode (train/eval) is the caller's.
         """
         batch = {"wav": wav, "wav_lens": wav_lens, "feats": feats, "feat_lens": feat_lens, "prompts": prompts}
         embeds, mask, _ = self.assemble(prompts, self.audio_tokens(batch), left_pad=True)
@@ -297,7 +303,16 @@ class AudioLLM(nn.Module):
                   "eos_token_id": self.lm.generation_config.eos_token_id or self.tokenizer.eos_token_id,
                   **gen_kwargs}
         out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        if not return_ids:
+            return texts
+        eos = kwargs["eos_token_id"]
+        stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+        ids = []
+        for row in out.tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            ids.append(row[:end])
+        return texts, ids
 
 
 # --- builders -------------------------------------------------------------------

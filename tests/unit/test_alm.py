@@ -325,6 +325,23 @@ def test_batched_generation_equals_one_at_a_time(tiny_dirs):
     assert batched == single
 
 
+def test_generated_ids_are_what_the_loss_scores(tiny_dirs):
+    """A rollout's ids end at its first EOS (or at max_new_tokens, without one) and decode to its text;
+    a forward on ids scores exactly those tokens: EOS is appended to a text, never to ids."""
+    model = build_tiny(tiny_dirs).eval()
+    eos = model.tokenizer.eos_token_id
+    texts, ids = model.generate(*pad(waves([8000, 12800])), [PROMPT] * 2, max_new_tokens=6, return_ids=True,
+                                do_sample=True, top_k=0)
+    assert [model.tokenizer.decode(i, skip_special_tokens=True) for i in ids] == texts
+    for row in ids:
+        assert 1 <= len(row) <= 6 and (eos not in row or row.index(eos) == len(row) - 1)
+    cut = model.tokenizer("The speaker sounds", add_special_tokens=False).input_ids  # cut short: no EOS
+    with torch.no_grad():
+        out = model({**make_batch(), "responses": [cut, "The speaker sounds"]})
+    assert out.labels[0][out.labels[0] != IGNORE_INDEX].tolist() == cut
+    assert out.labels[1][out.labels[1] != IGNORE_INDEX].tolist() == cut + [eos]
+
+
 def test_lora_trainable_parameters_match_the_formula(tiny_dirs):
     model = build_tiny(tiny_dirs, "llm.finetune=lora").eval()
     h, kv, inter, layers, r = 64, 2 * 16, 128, 2, 8

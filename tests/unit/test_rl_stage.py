@@ -242,9 +242,9 @@ def test_dev_outputs_are_greedy_in_eval_mode_before_during_and_after(recipe, mon
     decodes without dropout, so the before/after rewards differ by the weights only."""
     seen = []
 
-    def spy(module, batch, prompts, gen_kwargs):
+    def spy(module, batch, prompts, gen_kwargs, ids=False):
         seen.append((gen_kwargs["do_sample"], module.training))
-        return real_sample(module, batch, prompts, gen_kwargs)
+        return real_sample(module, batch, prompts, gen_kwargs, ids)
 
     real_sample = stage_module.sample
     monkeypatch.setattr(stage_module, "sample", spy)
@@ -270,3 +270,32 @@ def test_stage_8_climbs_a_reward_the_policy_can_reach(recipe, monkeypatch, algor
     rewards = [r["reward"] for r in rl_records(exp) if r["split"] == "train"]
     assert len(rewards) == 12
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpoz", "dpo"])
+def test_losses_are_computed_on_the_sampled_token_ids(recipe, monkeypatch, algorithm):
+    """Rollouts reach the loss as the ids generate() sampled (no re-tokenisation of their text); the gold
+    trajectory as its text (its tokens and EOS)."""
+    sampled, scored = [], []
+
+    def spy_sample(module, batch, prompts, gen_kwargs, ids=False):
+        out = real_sample(module, batch, prompts, gen_kwargs, ids)
+        if ids:
+            sampled.extend(out[1])
+        return out
+
+    def spy_logprobs(model, batch, prompts, responses):
+        scored.extend(responses)
+        return real_logprobs(model, batch, prompts, responses)
+
+    real_sample, real_logprobs = stage_module.sample, stage_module.token_logprobs
+    monkeypatch.setattr(stage_module, "sample", spy_sample)
+    monkeypatch.setattr(stage_module, "token_logprobs", spy_logprobs)
+    exp = recipe / "exp" / "amb" / f"rl_ids_{algorithm}"
+    rl_main(config(recipe, [f"rl.algorithm={algorithm}", f"rl.exp_dir={exp}", "trainer.max_steps=1",
+                            "rl.dpo.negative=worst"]))
+    rollouts = [r for r in scored if not isinstance(r, str)]
+    golds = [r for r in scored if isinstance(r, str)]
+    assert rollouts and all(r in sampled for r in rollouts)
+    assert golds and all("Distribution:" in g for g in golds)

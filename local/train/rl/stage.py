@@ -3,7 +3,8 @@
 Every algorithm is one ``step_fn`` for the shared trainer (local/train/loop.py), so checkpoints,
 exact resume, DDP and the NaN guard are the ones every stage has.  A step takes a batch of
 utterances, samples rollouts from the current policy (eval mode, KV-cached ``generate``), scores
-them, and returns a loss from local/train/rl/losses.py:
+them (their texts), and returns a loss from local/train/rl/losses.py on the token ids they were
+sampled as (a re-tokenised text can differ, and a rollout cut at ``max_new_tokens`` has no EOS):
 
 * ``grpo`` / ``sapo`` (ambiguity Eq. 7; CogAudio's SAPO): ``group_size`` rollouts per utterance,
   group-normalised advantages, the clipped (GRPO) or soft-gated (SAPO) ratio objective, an optional
@@ -82,9 +83,10 @@ class Reference:
                     params[n].copy_(v)
 
 
-def token_logprobs(model, batch: Mapping, prompts: Sequence[str], responses: Sequence[str]
+def token_logprobs(model, batch: Mapping, prompts: Sequence[str], responses: Sequence[str | Sequence[int]]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p of each response token [B, L-1], its mask [B, L-1], the mean CE of the batch)."""
+    """(log p of each response token [B, L-1], its mask [B, L-1], the mean CE of the batch); a response is a
+    text (a gold target: its tokens and EOS) or the token ids a rollout sampled."""
     out = model({**batch, "prompts": list(prompts), "responses": list(responses)})
     labels = out.labels[:, 1:]
     return sequence_logprobs(out.logits[:, :-1], labels), labels >= 0, out.loss
@@ -96,13 +98,15 @@ def repeat_rows(batch: Mapping, n: int) -> dict:
 
 
 @torch.no_grad()
-def sample(module: AudioLLM, batch: Mapping, prompts: Sequence[str], gen_kwargs: Mapping) -> list[str]:
-    """One rollout per row, sampled in eval mode (no dropout), the module's mode restored after."""
+def sample(module: AudioLLM, batch: Mapping, prompts: Sequence[str], gen_kwargs: Mapping,
+           ids: bool = False) -> list[str] | tuple[list[str], list[list[int]]]:
+    """One rollout per row, sampled in eval mode (no dropout), the module's mode restored after: its text,
+    and with ``ids`` its token ids (what the losses are computed on, not a re-tokenisation of the text)."""
     was_training = module.training
     module.eval()
     try:
         return module.generate(batch.get("wav"), batch.get("wav_lens"), list(prompts), feats=batch.get("feats"),
-                               feat_lens=batch.get("feat_lens"), **gen_kwargs)
+                               feat_lens=batch.get("feat_lens"), return_ids=ids, **gen_kwargs)
     finally:
         module.train(was_training)
 
@@ -218,9 +222,9 @@ class PolicyOptimisation:
         prompts = self.prompts(routes)
         rep = repeat_rows(batch, g)
         rep_prompts, rep_routes = [p for p in prompts for _ in range(g)], [r for r in routes for _ in range(g)]
-        texts = sample(module, rep, rep_prompts, self.gen_kwargs)
+        texts, seqs = sample(module, rep, rep_prompts, self.gen_kwargs, ids=True)
         gold = self.gold_dists(batch)
-        rows = list(range(n * g))  # into rep / texts
+        rows = list(range(n * g))  # into rep / texts / seqs
         groups = [list(range(i * g, (i + 1) * g)) for i in range(n)]
         if self.algorithm == "grpoz":  # the gold trajectory joins each group
             golds = [gold_target(t, self.stage.target) for t in batch["targets"]]
@@ -228,6 +232,7 @@ class PolicyOptimisation:
             self.counts["no_gold"] += n - len(keep)
             rep = select_rows(rep, rows + [i * g for i in keep])
             texts = texts + [golds[i] for i in keep]
+            seqs = seqs + [golds[i] for i in keep]
             rep_prompts = rep_prompts + [prompts[i] for i in keep]
             rep_routes = rep_routes + [routes[i] for i in keep]
             groups = [groups[i] + [n * g + j] for j, i in enumerate(keep)]
@@ -252,12 +257,12 @@ class PolicyOptimisation:
         keep = [m for members in kept_groups for m in members]
         adv = torch.tensor(advantages_of(kept_rewards, self.stage.loss.scale), dtype=torch.float32)
         sub = select_rows(rep, keep)
-        sub_prompts, sub_texts = [rep_prompts[m] for m in keep], [texts[m] for m in keep]
+        sub_prompts, sub_seqs = [rep_prompts[m] for m in keep], [seqs[m] for m in keep]
         ref = None
         if self.stage.loss.beta:  # before the policy forward: swapping weights in place would void its graph
             with torch.no_grad(), self.reference.active(module):
-                ref, _, _ = token_logprobs(module, sub, sub_prompts, sub_texts)
-        logp, mask, _ = token_logprobs(model, sub, sub_prompts, sub_texts)
+                ref, _, _ = token_logprobs(module, sub, sub_prompts, sub_seqs)
+        logp, mask, _ = token_logprobs(model, sub, sub_prompts, sub_seqs)
         old = logp.detach()
         kind = "grpo" if self.algorithm in ("grpo", "grpoz") else "sapo"
         opts = self.stage.loss
@@ -272,7 +277,7 @@ class PolicyOptimisation:
         prompts = self.prompts(["A"] * n)
         rep = repeat_rows(batch, g)
         rep_prompts = [p for p in prompts for _ in range(g)]
-        texts = sample(module, rep, rep_prompts, self.gen_kwargs)
+        texts, seqs = sample(module, rep, rep_prompts, self.gen_kwargs, ids=True)
         gold = self.gold_dists(batch)
         pred = self.read(module, rep, rep_prompts, texts).exp().float().cpu().numpy()
         js = js_divergence(pred, gold.repeat_interleave(g, dim=0).numpy()).reshape(n, g)
@@ -289,7 +294,7 @@ class PolicyOptimisation:
                 continue
             rows.append(i)
             chosen.append(gold_text)
-            rejected.append(texts[i * g + j])
+            rejected.append(seqs[i * g + j])
         logs = {"js_rollouts": float(js.mean()), "skipped": float(self.counts["skipped"])}
         if not rows:
             return sum(p.sum() * 0.0 for p in module.parameters() if p.requires_grad), logs
