@@ -197,25 +197,44 @@ run_experiment() {
   run_stage 8 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.rl ${args} ${rl_args}
   run_stage 9 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.decode ${args} ${decode_args}
 }
-# The system first (some baselines start from its models), then the baselines: on CPU ${nj} at
-# a time, each a single-threaded process on its own core; on GPUs one after another.
-# Each baseline runs in its own process group (set -m), so that an interrupt stops it whole.
-run_experiment main
+# Experiments run on CPU ${nj} at a time, each a single-threaded process on its own core; on GPUs
+# one after another.  A baseline that starts from the system's models names the system's exp dir
+# in its config (conf/baseline/<name>.yaml: ${exp_root}/${system}/...) and waits for the system;
+# the others run beside it.  Each runs in its own process group (set -m), so that an interrupt
+# stops it whole; one that fails fails the run once the others of its round have finished.
+needs_system() {
+  local yaml
+  for yaml in "conf/baseline/$1.yaml" "${main_root}/conf/baseline/$1.yaml"; do
+    if [ -f "${yaml}" ]; then
+      grep -qF '${exp_root}/${system}/' "${yaml}"
+      return
+    fi
+  done
+  return 1
+}
+first=main
+later=""
+for variant in ${baselines}; do
+  if needs_system "${variant}"; then later+=" ${variant}"; else first+=" ${variant}"; fi
+done
 parallel=$([ "${ngpu}" -eq 0 ] && echo "${nj}" || echo 1)
-pids=()
+failed=0
 set -m
 trap 'trap - INT TERM; for p in $(jobs -p); do kill -TERM -- "-${p}" 2>/dev/null || true; done; exit 130' INT TERM
-for variant in ${baselines}; do
-  while [ "$(jobs -rp | wc -l)" -ge "${parallel}" ]; do wait -n || true; done
-  run_experiment "${variant}" &
-  pids+=($!)
+for round in "${first}" "${later}"; do
+  pids=()
+  for variant in ${round}; do
+    while [ "$(jobs -rp | wc -l)" -ge "${parallel}" ]; do wait -n || true; done
+    run_experiment "${variant}" &
+    pids+=($!)
+  done
+  for pid in ${pids[@]+"${pids[@]}"}; do wait "${pid}" || failed=$((failed + 1)); done
+  [ ${failed} -eq 0 ] || break  # the next round starts from models that may be missing
 done
-failed=0
-for pid in ${pids[@]+"${pids[@]}"}; do wait "${pid}" || failed=$((failed + 1)); done
 trap - INT TERM
 set +m
 if [ ${failed} -gt 0 ]; then
-  log "Error: ${failed} baseline(s) failed; see ${exp_root}/log/"
+  log "Error: ${failed} experiment(s) failed; see ${exp_root}/log/"
   exit 1
 fi
 run_stage 10 "${exp_root}/${system}" all ${python} -m local.bin.score ${common_args} ${experiment_args} ${score_args}

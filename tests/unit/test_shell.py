@@ -94,48 +94,53 @@ echo "end $2 ${name}" >> "$CALLS"
 """
 
 
-def model_stages_command(tmp_path: Path, **env: str) -> dict:
+def model_stages_command(tmp_path: Path, *options: str, **env: str) -> dict:
     """run.sh --stage 6 with a fake interpreter that logs each stage to tmp_path/calls."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     (tmp_path / "calls").unlink(missing_ok=True)
     return dict(args=[str(ROOT / "run.sh"), "--stage", "6", "--python", str(fake), "--nj", "2",
-                      "--exp_root", str(tmp_path / "exp")], cwd=tmp_path, text=True,
+                      "--exp_root", str(tmp_path / "exp"), *options], cwd=tmp_path, text=True,
                 env={**os.environ, "EMOREASON_RECIPE": "mini_lime", "CALLS": str(tmp_path / "calls"), **env})
 
 
-def run_model_stages(tmp_path: Path, fail: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
-    out = subprocess.run(capture_output=True, **model_stages_command(tmp_path, FAIL=fail))
+def run_model_stages(tmp_path: Path, *options: str, fail: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+    out = subprocess.run(capture_output=True, **model_stages_command(tmp_path, *options, FAIL=fail))
     calls = tmp_path / "calls"
     return out, calls.read_text().splitlines() if calls.exists() else []
 
 
-def test_run_sh_trains_baselines_two_at_a_time_after_the_system(tmp_path):
-    out, calls = run_model_stages(tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    baselines = ["text_only", "no_whisper", "no_e2v", "no_cot"]  # c2ser's
-    ends = [c.split()[2] for c in calls if c.startswith("end local.bin.decode")]
-    assert sorted(ends) == sorted(["main"] + baselines)
-    main_done = calls.index("end local.bin.decode main")
-    assert all(c.endswith(" main") for c in calls[:main_done + 1])  # the system first, alone
-    assert calls[-1] == "end local.bin.score main" and calls[-2].startswith("start local.bin.score")
+def most_at_once(calls: list[str]) -> int:
     running, most = set(), 0
-    for c in calls[main_done + 1:-2]:
+    for c in calls:
         event, _, name = c.split()
         (running.add if event == "start" else running.discard)(name)
         most = max(most, len(running))
-    assert most == 2  # --nj 2: two baselines at once, never more
+    return most
 
-    again, calls = run_model_stages(tmp_path)
+
+def test_run_sh_runs_two_experiments_at_a_time_and_waits_for_the_system_where_a_baseline_needs_it(tmp_path):
+    out, calls = run_model_stages(tmp_path, "--system", "ambiguity")
+    assert out.returncode == 0, out.stdout + out.stderr
+    ends = [c.split()[2] for c in calls if c.startswith("end local.bin.decode")]
+    assert sorted(ends) == sorted(["main", "sft_only", "ce_only", "dpo", "grpo"])
+    main_done = calls.index("end local.bin.decode main")
+    assert "start local.bin.sft ce_only" in calls[:main_done]  # trains its own model: beside the system
+    for name in ("sft_only", "dpo", "grpo"):  # start from the system's model: after it
+        assert calls.index(f"start local.bin.sft {name}") > main_done
+    assert calls[-1] == "end local.bin.score main" and calls[-2].startswith("start local.bin.score")
+    assert most_at_once(calls[:-2]) == 2  # --nj 2: two at once, never more
+
+    again, calls = run_model_stages(tmp_path, "--system", "ambiguity")
     assert again.returncode == 0 and calls == []  # every stage done already
-    assert again.stdout.count("done already") == 4 * 5 + 1
+    assert again.stdout.count("done already") == 5 * 4 + 1
 
 
 def test_run_sh_fails_when_a_baseline_fails_and_keeps_the_others(tmp_path):
-    out, calls = run_model_stages(tmp_path, fail="no_whisper")
+    out, calls = run_model_stages(tmp_path, fail="no_whisper")  # c2ser: every baseline beside the system
     assert out.returncode == 1
-    assert "1 baseline(s) failed" in out.stdout
+    assert "1 experiment(s) failed" in out.stdout
     finished = {c.split()[2] for c in calls if c.startswith("end local.bin.decode")}
     assert finished == {"main", "text_only", "no_e2v", "no_cot"}
     assert not any("local.bin.score" in c for c in calls)  # no table from a partial run
