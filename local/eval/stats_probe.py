@@ -25,9 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from local.data.audio import read_audio
-from local.data.kaldi import DataDir
 from local.data.labels import EMOTIONS
+from local.eval.decode import DataDirBatches
 from local.eval.metrics import classification_scores
 from local.utils.atomic import write_text_atomic
 
@@ -75,17 +74,21 @@ def summaries(model_cfg: DictConfig, names) -> dict[str, Summary]:
 
 @torch.no_grad()
 def featurise(data_dir: Path, fns: dict[str, Summary]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """({feature: [N, F]}, labels) over the labelled utterances of a data dir."""
-    data = DataDir.load(data_dir)
-    utts = [u for u in data.utts if u in (data.get("utt2emo") or {})]
-    if not utts:
-        raise ValueError(f"{data_dir}: no utterance has a label (utt2emo)")
+    """({feature: [N, F]}, labels) over the labelled utterances of a data dir (``segments`` respected;
+    one whose audio cannot be read is logged and left out, as stage 9 does)."""
     rows: dict[str, list[np.ndarray]] = {n: [] for n in fns}
-    for utt in utts:
-        wav = torch.from_numpy(read_audio(data["wav.scp"][utt]))
+    labels = []
+    for batch in DataDirBatches(data_dir, batch_size=1):
+        label = batch["meta"][0].get("label")
+        if label is None:
+            continue
+        wav = batch["wav"][0, :int(batch["wav_lens"][0])]
         for name, fn in fns.items():
             rows[name].append(fn(wav))
-    return {n: np.stack(v) for n, v in rows.items()}, [data["utt2emo"][u] for u in utts]
+        labels.append(label)
+    if not labels:
+        raise ValueError(f"{data_dir}: no utterance has a label (utt2emo) and readable audio")
+    return {n: np.stack(v) for n, v in rows.items()}, labels
 
 
 def run(cfg: DictConfig) -> dict:
