@@ -119,7 +119,7 @@ def main(cfg: DictConfig) -> str:
                                        text=r.get("text") or "") for r in records]
                     results[test_set][row]["judge"] = {
                         k: v for rubric in opts.judge_rubrics
-                        for k, v in judge_row(records, judge.score(items, rubric)).items()}
+                        for k, v in judge_row(judge.score(items, rubric)).items()}
     finally:
         for backend in (teacher, judge):
             if backend is not None and hasattr(backend, "close"):

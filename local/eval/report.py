@@ -168,8 +168,8 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> byte
     return buf.getvalue()
 
 
-def judge_row(records: Sequence[Mapping], scores: Sequence[Mapping[str, float] | None]) -> dict:
-    """The mean of each score key over the records the judge scored (None where it could not)."""
+def judge_row(scores: Sequence[Mapping[str, float] | None]) -> dict:
+    """The mean of each score key over the outputs the judge scored (None where it could not)."""
     kept = [s for s in scores if s is not None]
     keys = sorted({k for s in kept for k in s})
     return {**{k: float(np.mean([s[k] for s in kept if k in s])) for k in keys}, "n_judged": len(kept)}
