@@ -33,7 +33,7 @@ from local.utils.atomic import write_text_atomic
 log = logging.getLogger(__name__)
 
 FEATURES = ("log_mel", "whisper", "e2v", "e2v_utt")
-Summary = Callable[[torch.Tensor], np.ndarray]  # one waveform [samples] -> a fixed-size vector
+Summaries = Callable[[torch.Tensor], dict[str, np.ndarray]]  # one waveform [samples] -> {feature: vector}
 
 
 def functionals(frames: torch.Tensor) -> np.ndarray:
@@ -42,67 +42,63 @@ def functionals(frames: torch.Tensor) -> np.ndarray:
     return torch.cat([frames.mean(0), frames.std(0, unbiased=False), delta.std(0, unbiased=False)]).double().numpy()
 
 
-def summaries(model_cfg: DictConfig, names) -> dict[str, Summary]:
-    """The statistics of each feature, from the encoders ``model_cfg`` builds (frozen, eval mode)."""
+def summaries(model_cfg: DictConfig, names) -> Summaries:
+    """The statistics of each feature of a waveform, from the encoders ``model_cfg`` builds (frozen,
+    eval mode), each encoder run once per waveform."""
     unknown = set(names) - set(FEATURES)
     if unknown:
         raise ValueError(f"stats_probe.features: unknown {sorted(unknown)} (known: {', '.join(FEATURES)})")
     whisper = instantiate(model_cfg.encoder, _convert_="all").eval() if {"log_mel", "whisper"} & set(names) else None
     e2v = instantiate(model_cfg.e2v, _convert_="all").eval() if {"e2v", "e2v_utt"} & set(names) else None
 
-    def one(wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return wav[None], torch.tensor([len(wav)])
+    def summarise(wav: torch.Tensor) -> dict[str, np.ndarray]:
+        batch = (wav[None], torch.tensor([len(wav)]))
+        out = {}
+        if "log_mel" in names:
+            mel, n = whisper.log_mel(*batch)
+            out["log_mel"] = functionals(mel[0, :, :int(n[0])].T)
+        if "whisper" in names:
+            frames, n = whisper.encode(*batch)
+            out["whisper"] = functionals(frames[0, :int(n[0])])
+        if e2v is not None:
+            e = e2v.extract(*batch)
+            out["e2v"] = functionals(e["frames"][0, :int(e["frame_lengths"][0])])
+            out["e2v_utt"] = e["utterance"][0].double().numpy()
+        return {n: out[n] for n in names}
 
-    def log_mel(wav):
-        mel, n = whisper.log_mel(*one(wav))
-        return functionals(mel[0, :, :int(n[0])].T)
-
-    def whisper_frames(wav):
-        frames, n = whisper.encode(*one(wav))
-        return functionals(frames[0, :int(n[0])])
-
-    def e2v_frames(wav):
-        out = e2v.extract(*one(wav))
-        return functionals(out["frames"][0, :int(out["frame_lengths"][0])])
-
-    def e2v_utt(wav):
-        return e2v.extract(*one(wav))["utterance"][0].double().numpy()
-
-    table = {"log_mel": log_mel, "whisper": whisper_frames, "e2v": e2v_frames, "e2v_utt": e2v_utt}
-    return {n: table[n] for n in names}
+    return summarise
 
 
 @torch.no_grad()
-def featurise(data_dir: Path, fns: dict[str, Summary]) -> tuple[dict[str, np.ndarray], list[str]]:
+def featurise(data_dir: Path, summarise: Summaries) -> tuple[dict[str, np.ndarray], list[str]]:
     """({feature: [N, F]}, labels) over the labelled utterances of a data dir (``segments`` respected;
     one whose audio cannot be read is logged and left out, as stage 9 does)."""
-    rows: dict[str, list[np.ndarray]] = {n: [] for n in fns}
+    rows: list[dict[str, np.ndarray]] = []
     labels = []
     for batch in DataDirBatches(data_dir, batch_size=1):
         label = batch["meta"][0].get("label")
         if label is None:
             continue
-        wav = batch["wav"][0, :int(batch["wav_lens"][0])]
-        for name, fn in fns.items():
-            rows[name].append(fn(wav))
+        rows.append(summarise(batch["wav"][0, :int(batch["wav_lens"][0])]))
         labels.append(label)
     if not labels:
         raise ValueError(f"{data_dir}: no utterance has a label (utt2emo) and readable audio")
-    return {n: np.stack(v) for n, v in rows.items()}, labels
+    return {n: np.stack([r[n] for r in rows]) for n in rows[0]}, labels
 
 
 def run(cfg: DictConfig) -> dict:
     opts = cfg.stats_probe
-    fns = summaries(cfg.model, list(opts.features))
+    features = list(opts.features)
+    summarise = summaries(cfg.model, features)
     sets = {"train": Path(cfg.data_root) / cfg.train_set,
             **{Path(t).name: Path(cfg.data_root) / t for t in cfg.test_sets}}
     feats = {}
     for name, path in sets.items():
-        feats[name] = featurise(path, fns)
+        feats[name] = featurise(path, summarise)
         log.info("%s: statistics of %d utterances", path, len(feats[name][1]))
     results: dict = {}
     x_train, y_train = feats["train"]
-    for feature in fns:
+    for feature in features:
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=opts.C, max_iter=opts.max_iter))
         clf.fit(x_train[feature], y_train)
         results[feature] = {}
@@ -113,7 +109,7 @@ def run(cfg: DictConfig) -> dict:
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     header = ["features", *(f"UA {s}" for s in sets)]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(sets) + "|"]
-    lines += ["| " + " | ".join([f, *(f"{100 * results[f][s]['ua']:.1f}" for s in sets)]) + " |" for f in fns]
+    lines += ["| " + " | ".join([f, *(f"{100 * results[f][s]['ua']:.1f}" for s in sets)]) + " |" for f in features]
     markdown = "\n".join(lines) + "\n"
     write_text_atomic(out / "results.md", markdown)
     print(markdown, end="")

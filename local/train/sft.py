@@ -179,26 +179,27 @@ def make_tokenizer(cfg: DictConfig, stage: DictConfig):
     return AutoTokenizer.from_pretrained(path)
 
 
+def shard_loader(model, cfg: DictConfig, split: str, batch_size: int, shuffle: bool) -> ShardLoader:
+    """A loader of ``split`` with the model's frozen-encoder cache (written here the first time), audio
+    decoded only when some encoder runs on the fly."""
+    shard_dir, names = cached_shards(model, cfg, split)
+    return ShardLoader(shard_dir, batch_size=batch_size, features=names, seed=cfg.seed, shuffle=shuffle,
+                       load_audio=not set(model.feature_names()) <= set(names))
+
+
 def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader, ShardLoader]:
-    """Train and dev loaders of a training stage: the model's frozen-encoder cache (written here the first
-    time), audio decoded only when some encoder runs on the fly."""
-    train_dir, names = cached_shards(model, cfg, cfg.train_set)
-    dev_dir, _ = cached_shards(model, cfg, cfg.dev_set)
-    args = dict(batch_size=batch_size, features=names, seed=cfg.seed,
-                load_audio=not set(model.feature_names()) <= set(names))
-    return ShardLoader(train_dir, shuffle=True, **args), ShardLoader(dev_dir, shuffle=False, **args)
+    """Train (shuffled) and dev loaders of a training stage."""
+    return (shard_loader(model, cfg, cfg.train_set, batch_size, shuffle=True),
+            shard_loader(model, cfg, cfg.dev_set, batch_size, shuffle=False))
 
 
 def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
     """The encoder-output statistics of the training set (the first ``stage.norm_batches`` batches, in
     shard order; all when null), computed the same way on every run, so a resumed stage gets the same."""
-    train_dir, names = cached_shards(model, cfg, cfg.train_set)
-    loader = ShardLoader(train_dir, batch_size=stage.batch_size, features=names, seed=cfg.seed, shuffle=False,
-                         load_audio=not set(model.feature_names()) <= set(names))
     limit = stage.get("norm_batches")
-    model.fit_feature_norm(itertools.islice(loader, limit))
+    model.fit_feature_norm(itertools.islice(shard_loader(model, cfg, cfg.train_set, stage.batch_size, False), limit))
     log.info("feature normalisation: statistics of %s from %s batches of %s", ", ".join(model.feature_norm.names),
-             limit or "all", train_dir)
+             limit or "all", cfg.train_set)
 
 
 def run(cfg: DictConfig, stage: DictConfig) -> Path:
