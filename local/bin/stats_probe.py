@@ -10,8 +10,8 @@ from local.utils.hydra import entry_point
 
 
 @entry_point
-def main(cfg) -> None:
-    run(cfg)
+def main(cfg) -> dict:
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
 from local.data.kaldi import DataDir, DataDirError, parse_dist, read_table, write_table
 from local.data.loader import ShardLoader, bucket_batches, collate
 from local.data.shards import MANIFEST, _records, load_manifest
-from local.models.alm import AudioLLM
+from local.models.alm import AudioLLM, batch_speakers
 from local.models.readout import Readout
 from local.train.sft import with_transcript
 from local.utils.atomic import write_text_atomic
@@ -213,8 +213,8 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
             prompts = [with_transcript(instruction, m["text"]) for m in batch["meta"]]
         _sync(model.device)
         start = time.perf_counter()
-        hyps = model.generate(batch.get("wav"), batch.get("wav_lens"), prompts,
-                              feats=batch.get("feats"), feat_lens=batch.get("feat_lens"), **(gen_kwargs or {}))
+        hyps = model.generate(batch.get("wav"), batch.get("wav_lens"), prompts, feats=batch.get("feats"),
+                              feat_lens=batch.get("feat_lens"), speakers=batch_speakers(batch), **(gen_kwargs or {}))
         _sync(model.device)
         seconds += time.perf_counter() - start
         dists = [None] * len(hyps)
@@ -243,6 +243,9 @@ def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kw
                     features: Sequence[str] | None = None, num_workers: int = 0,
                     transcript_in_prompt: bool = False, readout: Readout | None = None) -> tuple[list[dict], dict]:
     """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once."""
+    if model.speaker_norm:
+        model.fit_feature_norm(open_batches(test_set, model, batch_size, max_seconds, features, num_workers)[0],
+                               speakers=True)
     loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers)
     records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt,
                              readout=readout)

@@ -6,7 +6,10 @@ dimension, and the standard deviation of its frame-to-frame change (how fast it 
 rate, pitch movement), standardised, into a multinomial logistic regression trained on the train set and
 scored (UA) on it and on each test set.  ``log_mel`` (the spectrogram Whisper reads) is the
 reference for what the audio holds at this level of summary; ``whisper``, ``e2v`` (frames) and
-``e2v_utt`` (the utterance embedding, as it is) are the model config's encoders.
+``e2v_utt`` (the utterance embedding, as it is) are the model config's encoders.  With
+``per_speaker`` each feature has a second row, its statistics standardised per speaker first (what
+``model.feature_norm: speaker`` does to the frames): how much of what a classifier misses on unseen
+speakers is their register.
 
 Writes ``<out_dir>/results.md`` and ``results.json`` ({feature: {set: {"ua", "wa", "f1", "n"}}}).
 """
@@ -28,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from local.data.labels import EMOTIONS
 from local.eval.decode import DataDirBatches
 from local.eval.metrics import classification_scores
+from local.models.feature_norm import MIN_SPEAKER_UTTS, MIN_STD
 from local.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -70,20 +74,33 @@ def summaries(model_cfg: DictConfig, names) -> Summaries:
 
 
 @torch.no_grad()
-def featurise(data_dir: Path, summarise: Summaries) -> tuple[dict[str, np.ndarray], list[str]]:
-    """({feature: [N, F]}, labels) over the labelled utterances of a data dir (``segments`` respected;
-    one whose audio cannot be read is logged and left out, as stage 9 does)."""
+def featurise(data_dir: Path, summarise: Summaries) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """({feature: [N, F]}, labels, speakers) over the labelled utterances of a data dir (``segments``
+    respected; one whose audio cannot be read is logged and left out, as stage 9 does)."""
     rows: list[dict[str, np.ndarray]] = []
-    labels = []
+    labels, speakers = [], []
     for batch in DataDirBatches(data_dir, batch_size=1):
         label = batch["meta"][0].get("label")
         if label is None:
             continue
         rows.append(summarise(batch["wav"][0, :int(batch["wav_lens"][0])]))
         labels.append(label)
+        speakers.append(batch["meta"][0]["spk"])
     if not labels:
         raise ValueError(f"{data_dir}: no utterance has a label (utt2emo) and readable audio")
-    return {n: np.stack([r[n] for r in rows]) for n in rows[0]}, labels
+    return {n: np.stack([r[n] for r in rows]) for n in rows[0]}, labels, speakers
+
+
+def per_speaker(x: np.ndarray, speakers: list[str]) -> np.ndarray:
+    """Each speaker's rows standardised by that speaker's mean and deviation (the model's ``feature_norm:
+    speaker``, on the statistics); a speaker with fewer than MIN_SPEAKER_UTTS rows by the whole set's."""
+    out = np.empty_like(x)
+    speakers = np.asarray(speakers)
+    for spk in np.unique(speakers):
+        rows = speakers == spk
+        ref = x[rows] if rows.sum() >= MIN_SPEAKER_UTTS else x
+        out[rows] = (x[rows] - ref.mean(0)) / np.maximum(ref.std(0), MIN_STD)
+    return out
 
 
 def run(cfg: DictConfig) -> dict:
@@ -97,19 +114,22 @@ def run(cfg: DictConfig) -> dict:
         feats[name] = featurise(path, summarise)
         log.info("%s: statistics of %d utterances", path, len(feats[name][1]))
     results: dict = {}
-    x_train, y_train = feats["train"]
-    for feature in features:
+    views = {f: (f, lambda x, spk: x) for f in features}
+    if opts.get("per_speaker"):
+        views.update({f"{f} per speaker": (f, per_speaker) for f in features})
+    for row, (feature, view) in views.items():
+        x_train, y_train, spk_train = feats["train"]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=opts.C, max_iter=opts.max_iter))
-        clf.fit(x_train[feature], y_train)
-        results[feature] = {}
-        for name, (x, y) in feats.items():
-            scores = classification_scores(y, list(clf.predict(x[feature])), EMOTIONS)
-            results[feature][name] = {k: scores[k] for k in ("ua", "wa", "f1", "n")}
+        clf.fit(view(x_train[feature], spk_train), y_train)
+        results[row] = {}
+        for name, (x, y, spk) in feats.items():
+            scores = classification_scores(y, list(clf.predict(view(x[feature], spk))), EMOTIONS)
+            results[row][name] = {k: scores[k] for k in ("ua", "wa", "f1", "n")}
     out = Path(opts.out_dir)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     header = ["features", *(f"UA {s}" for s in sets)]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * len(sets) + "|"]
-    lines += ["| " + " | ".join([f, *(f"{100 * results[f][s]['ua']:.1f}" for s in sets)]) + " |" for f in features]
+    lines += ["| " + " | ".join([f, *(f"{100 * results[f][s]['ua']:.1f}" for s in sets)]) + " |" for f in results]
     markdown = "\n".join(lines) + "\n"
     write_text_atomic(out / "results.md", markdown)
     print(markdown, end="")

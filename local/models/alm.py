@@ -73,6 +73,14 @@ class ALMOutput:
     attention_mask: torch.Tensor  # [B, L]
 
 
+def batch_speakers(batch: Mapping) -> list[str] | None:
+    """Each row's speaker: ``batch["speakers"]``, else the loaders' ``meta[i]["spk"]``; None when unknown."""
+    if batch.get("speakers") is not None:
+        return list(batch["speakers"])
+    meta = batch.get("meta")
+    return [m.get("spk") for m in meta] if meta else None
+
+
 def is_frozen(module: nn.Module) -> bool:
     return not any(p.requires_grad for p in module.parameters())
 
@@ -184,18 +192,29 @@ class AudioLLM(nn.Module):
                 out["e2v"] = (e2v["frames"], e2v["frame_lengths"].to(self.device))
                 out["e2v_utt"] = (e2v["utterance"][:, None], torch.ones_like(lens))
         if normalised and self.feature_norm is not None:
-            out = {n: (self.feature_norm(n, *out[n]), out[n][1]) for n in names}
+            speakers = batch_speakers(batch)
+            out = {n: (self.feature_norm(n, *out[n], speakers=speakers), out[n][1]) for n in names}
         return {n: out[n] for n in names}
 
     @torch.no_grad()
-    def fit_feature_norm(self, batches: Iterable[Mapping]) -> None:
-        """Take :attr:`feature_norm`'s statistics from the encoders' outputs on ``batches`` (the training set)."""
+    def fit_feature_norm(self, batches: Iterable[Mapping], speakers: bool = False) -> None:
+        """Take :attr:`feature_norm`'s global statistics (the training set) or, with ``speakers``, those of each
+        speaker from the encoders' outputs on ``batches``."""
         was_training = self.training
         self.eval()
         try:
-            self.feature_norm.fit(self.encoder_features(b, normalised=False) for b in batches)
+            if speakers:
+                self.feature_norm.fit_speakers((self.encoder_features(b, normalised=False), batch_speakers(b))
+                                               for b in batches)
+            else:
+                self.feature_norm.fit(self.encoder_features(b, normalised=False) for b in batches)
         finally:
             self.train(was_training)
+
+    @property
+    def speaker_norm(self) -> bool:
+        """Whether the encoder outputs are normalised per speaker (the stages then fit each set's speakers)."""
+        return self.feature_norm is not None and self.feature_norm.mode == "speaker"
 
     def audio_tokens(self, batch: Mapping) -> list[torch.Tensor]:
         """Per utterance (one per ``batch["prompts"]``), its audio token embeddings [N_i, LLM width]."""
@@ -290,14 +309,15 @@ class AudioLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, wav: torch.Tensor | None, wav_lens: torch.Tensor | None, prompts: Sequence[str], *,
-                 feats: Mapping | None = None, feat_lens: Mapping | None = None, return_ids: bool = False,
-                 **gen_kwargs) -> list[str] | tuple[list[str], list[list[int]]]:
+                 feats: Mapping | None = None, feat_lens: Mapping | None = None, speakers: Sequence[str] | None = None,
+                 return_ids: bool = False, **gen_kwargs) -> list[str] | tuple[list[str], list[list[int]]]:
         """Decode a batch (greedy unless ``gen_kwargs`` say otherwise); the texts, special tokens removed,
         and with ``return_ids`` also each row's generated token ids up to and including its first EOS.
 
         The mode (train/eval) is the caller's.
         """
-        batch = {"wav": wav, "wav_lens": wav_lens, "feats": feats, "feat_lens": feat_lens, "prompts": prompts}
+        batch = {"wav": wav, "wav_lens": wav_lens, "feats": feats, "feat_lens": feat_lens, "prompts": prompts,
+                 "speakers": speakers}
         embeds, mask, _ = self.assemble(prompts, self.audio_tokens(batch), left_pad=True)
         kwargs = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
                   "eos_token_id": self.lm.generation_config.eos_token_id or self.tokenizer.eos_token_id,
@@ -405,7 +425,8 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
     dims = {"whisper": semantic.dim if semantic is not None else None,
             "e2v": acoustic_dim if use_frames else None, "e2v_utt": acoustic_dim if use_utterance else None}
     dims = {n: d for n, d in dims.items() if d}
-    feature_norm = FeatureNorm(dims) if cfg.get("feature_norm") and dims else None
+    norm = cfg.get("feature_norm")
+    feature_norm = FeatureNorm(dims, "global" if norm is True else norm) if norm and dims else None
     model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
                      utterance_proj=utterance_proj, fusion=fusion, acoustic_stack=stack,
                      audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN), feature_norm=feature_norm)

@@ -179,12 +179,12 @@ def make_tokenizer(cfg: DictConfig, stage: DictConfig):
     return AutoTokenizer.from_pretrained(path)
 
 
-def shard_loader(model, cfg: DictConfig, split: str, batch_size: int, shuffle: bool) -> ShardLoader:
+def shard_loader(model, cfg: DictConfig, split: str, batch_size: int, shuffle: bool, **kwargs) -> ShardLoader:
     """A loader of ``split`` with the model's frozen-encoder cache (written here the first time), audio
-    decoded only when some encoder runs on the fly."""
+    decoded only when some encoder runs on the fly; ``kwargs`` go to the ShardLoader."""
     shard_dir, names = cached_shards(model, cfg, split)
     return ShardLoader(shard_dir, batch_size=batch_size, features=names, seed=cfg.seed, shuffle=shuffle,
-                       load_audio=not set(model.feature_names()) <= set(names))
+                       load_audio=not set(model.feature_names()) <= set(names), **kwargs)
 
 
 def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader, ShardLoader]:
@@ -194,12 +194,22 @@ def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader,
 
 
 def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
-    """The encoder-output statistics of the training set (the first ``stage.norm_batches`` batches, in
-    shard order; all when null), computed the same way on every run, so a resumed stage gets the same."""
-    limit = stage.get("norm_batches")
-    model.fit_feature_norm(itertools.islice(shard_loader(model, cfg, cfg.train_set, stage.batch_size, False), limit))
-    log.info("feature normalisation: statistics of %s from %s batches of %s", ", ".join(model.feature_norm.names),
-             limit or "all", cfg.train_set)
+    """The encoder-output statistics a training stage needs: the training set's, once (the first
+    ``stage.norm_batches`` batches, in shard order; all when null: computed the same way on every run,
+    so a resumed stage gets the same), and with per-speaker normalisation each speaker's in the train
+    and dev sets, on every run (every rank reads all of them)."""
+    if model.feature_norm is None:
+        return
+    if not model.feature_norm.fitted:
+        limit = stage.get("norm_batches")
+        model.fit_feature_norm(itertools.islice(shard_loader(model, cfg, cfg.train_set, stage.batch_size, False),
+                                                limit))
+        log.info("feature normalisation: statistics of %s from %s batches of %s",
+                 ", ".join(model.feature_norm.names), limit or "all", cfg.train_set)
+    if model.speaker_norm:
+        model.fit_feature_norm(itertools.chain.from_iterable(
+            shard_loader(model, cfg, split, stage.batch_size, False, rank=0, world_size=1)
+            for split in (cfg.train_set, cfg.dev_set)), speakers=True)
 
 
 def run(cfg: DictConfig, stage: DictConfig) -> Path:
@@ -211,8 +221,7 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
     else:
         model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
     train, valid = shard_loaders(model, cfg, stage.batch_size)
-    if model.feature_norm is not None and not model.feature_norm.fitted:
-        fit_feature_norm(model, cfg, stage)
+    fit_feature_norm(model, cfg, stage)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
     schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)

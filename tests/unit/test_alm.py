@@ -22,7 +22,8 @@ from local.data.loader import collate
 from local.models.alm import IGNORE_INDEX, build_alm, load_alm, save_alm
 from local.models.connectors import MLPAdapter, TransformerConnector
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS
-from local.models.feature_norm import FeatureNorm
+from local.models import feature_norm as feature_norm_module
+from local.models.feature_norm import MIN_SPEAKER_UTTS, FeatureNorm
 from local.models.frames import stack_frames
 from local.models.tokenizer import AUDIO_TOKEN, train_tokenizer
 from local.models.whisper import WhisperFrontend
@@ -441,6 +442,64 @@ def test_feature_norm_statistics_ignore_padding_and_standardise():
     flat = torch.cat([out[0], out[1, :2]])
     torch.testing.assert_close(flat.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(flat.std(0, unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_speaker_norm_standardises_each_speaker_and_falls_back_to_the_global_statistics():
+    gen = torch.Generator().manual_seed(0)
+
+    def utterances(n, loc, scale):
+        return [torch.randn(1, 4, 2, generator=gen) * scale + loc for _ in range(n)]
+
+    data = {"a": utterances(MIN_SPEAKER_UTTS, 3.0, 1.0), "b": utterances(MIN_SPEAKER_UTTS, -2.0, 4.0),
+            "c": utterances(MIN_SPEAKER_UTTS - 1, 10.0, 1.0)}
+    batches = [({"x": (f, torch.tensor([4]))}, [spk]) for spk, fs in data.items() for f in fs]
+    norm = FeatureNorm({"x": 2}, mode="speaker")
+    norm.fit(feats for feats, _ in batches)
+    norm.fit_speakers(batches)
+    assert sorted(norm.speakers) == ["a", "b"]  # c has too few utterances
+    for spk in "ab":
+        n = len(data[spk])
+        out = norm("x", torch.cat(data[spk]), torch.full((n,), 4), speakers=[spk] * n).reshape(-1, 2)
+        torch.testing.assert_close(out.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
+    one = data["c"][0]
+    by_global = norm("x", one, torch.tensor([4]))
+    torch.testing.assert_close(by_global, (one - norm.x_mean) / norm.x_std)
+    assert torch.equal(norm("x", one, torch.tensor([4]), speakers=["c"]), by_global)
+    assert torch.equal(norm("x", one, torch.tensor([4]), speakers=["unseen"]), by_global)
+    mixed = norm("x", torch.cat([data["a"][0], one]), torch.tensor([4, 2]), speakers=["a", "c"])
+    torch.testing.assert_close(mixed[0], norm("x", data["a"][0], torch.tensor([4]), speakers=["a"])[0])
+    torch.testing.assert_close(mixed[1, :2], by_global[0, :2])
+    assert not mixed[1, 2:].any()  # padding zeroed
+    norm.fit_speakers(batches[:MIN_SPEAKER_UTTS])  # a new table replaces the old one
+    assert sorted(norm.speakers) == ["a"]
+    with pytest.raises(ValueError, match="mode"):
+        FeatureNorm({"x": 2}, mode="utterance")
+
+
+def test_the_model_normalises_by_the_speakers_of_the_batch_in_training_and_generation(tiny_dirs, monkeypatch):
+    model = build_tiny(tiny_dirs, "feature_norm=speaker").eval()
+    assert model.speaker_norm
+    monkeypatch.setattr(feature_norm_module, "MIN_SPEAKER_UTTS", 1)
+    batch = {**make_batch(), "meta": [{"spk": "s1"}, {"spk": "s2"}]}
+    model.fit_feature_norm([batch])
+    model.fit_feature_norm([batch], speakers=True)
+    assert sorted(model.feature_norm.speakers) == ["s1", "s2"]
+    with torch.no_grad():
+        raw = model.encoder_features(batch, normalised=False)["whisper"]
+        normed = model.encoder_features(batch)["whisper"]
+        by_key = model.encoder_features({**make_batch(), "speakers": ["s1", "s2"]})["whisper"]
+    torch.testing.assert_close(by_key[0], normed[0])
+    for i, spk in enumerate(["s1", "s2"]):
+        n = int(raw[1][i])
+        mean, std = model.feature_norm.speakers[spk]["whisper"]
+        torch.testing.assert_close(normed[0][i, :n], (raw[0][i, :n] - mean) / std)
+        torch.testing.assert_close(normed[0][i, :n].mean(0), torch.zeros_like(mean), atol=1e-4, rtol=0)
+    seen = []
+    forward = model.feature_norm.forward
+    monkeypatch.setattr(model.feature_norm, "forward", lambda *a, **k: seen.append(k.get("speakers")) or forward(*a, **k))
+    model.generate(batch["wav"], batch["wav_lens"], batch["prompts"], speakers=["s2", "s1"], max_new_tokens=2)
+    assert seen and all(s == ["s2", "s1"] for s in seen)
 
 
 def test_feature_norm_is_fitted_on_raw_features_saved_and_applied_to_the_cache_alike(tiny_dirs, tmp_path):

@@ -21,12 +21,12 @@ from local.data.labels import EMOTIONS
 from local.data.loader import ShardLoader
 from local.data.shards import write_shards
 from local.eval.attr_baseline import AttributeBaseline
-from local.eval.decode import (DataDirBatches, decode, generation_kwargs, read_decode_dir, resolve_test_set,
+from local.eval.decode import (DataDirBatches, decode, decode_test_set, generation_kwargs, read_decode_dir, resolve_test_set,
                                write_decode_dir)
 from local.eval.judge import JudgeItem, offline_empathy
 from local.eval.extract import extract_label, extract_labels
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
-from local.models import alm
+from local.models import alm, feature_norm
 from local.models.readout import Readout
 from local.reasoning.offline import OfflineTeacher
 from local.reasoning.prompts import load_prompt, render
@@ -156,6 +156,30 @@ def test_decode_batched_equals_one_at_a_time_and_data_dir_equals_shards(tiny_dir
     assert {r["utt"]: r["hyp"] for r in cascade} == dict(zip(one["utts"], want))
     with pytest.raises(RuntimeError, match="decoded twice"):
         decode(model, [one, one], PROMPT, gen)
+
+
+def test_decoding_normalises_by_the_test_sets_own_speakers(tiny_dirs, test_dirs, monkeypatch):
+    monkeypatch.setattr(feature_norm, "MIN_SPEAKER_UTTS", 3)
+    model = build_tiny(tiny_dirs, "feature_norm=speaker").eval()
+    data = DataDir.load(test_dirs / "data" / "test")
+    model.fit_feature_norm([next(iter(DataDirBatches(test_dirs / "data" / "test", batch_size=2)))])
+    model.feature_norm.speakers = {"spk0": "stale"}
+    gen = generation_kwargs(4)
+    tables = []
+    for entry in ("test", str(test_dirs / "data" / "test")):  # shards, then the data dir itself
+        test_set = resolve_test_set(entry, test_dirs / "data", test_dirs / "dump")
+        records, _ = decode_test_set(model, test_set, PROMPT, gen, batch_size=4)
+        assert sorted(model.feature_norm.speakers) == sorted(set(data["utt2spk"].values()))
+        tables.append(model.feature_norm.speakers)
+        per_speaker = {}
+        for batch in DataDirBatches(test_dirs / "data" / "test", batch_size=1):
+            spk = batch["meta"][0]["spk"]
+            hyp = model.generate(batch["wav"], batch["wav_lens"], [PROMPT], speakers=[spk], **gen)[0]
+            per_speaker[batch["utts"][0]] = hyp
+        assert {r["utt"]: r["hyp"] for r in records} == per_speaker
+    for spk, stats in tables[0].items():
+        for name, (mean, std) in stats.items():
+            torch.testing.assert_close((mean, std), tables[1][spk][name], atol=1e-5, rtol=1e-5)
 
 
 def test_decode_and_score_entry_points(tiny_dirs, test_dirs, monkeypatch, capsys):

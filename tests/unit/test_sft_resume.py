@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from local.bin.sft import main as sft_main
-from local.models.alm import AudioLLM
+from local.eval.decode import DataDirBatches
+from local.models.alm import AudioLLM, build_alm
+from local.train.sft import fit_feature_norm, make_tokenizer
 from local.utils.hydra import compose
 from tests.conftest import make_data_dir
 
@@ -75,3 +77,24 @@ def test_killed_sft_resumes_from_its_last_checkpoint(recipe, monkeypatch):
     assert a.keys() == b.keys()
     for k in b:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_training_stages_normalise_by_each_speakers_train_and_dev_utterances(recipe):
+    cfg = compose([f"data_root={recipe / 'data'}", f"dump_root={recipe / 'dump'}", f"exp_root={recipe / 'exp'}",
+                   "exp_name=spk", "model.e2v.path=null", "model.feature_norm=speaker", "sft.batch_size=3",
+                   "sft.tokenizer_vocab=300"])
+    model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, cfg.sft))
+    fit_feature_norm(model, cfg, cfg.sft)
+    assert bool(model.feature_norm.fitted)
+    frames = {}
+    for split in ("train", "dev"):  # 4 + 2 utterances of each speaker: enough for statistics of their own
+        for batch in DataDirBatches(recipe / "data" / split, batch_size=1):
+            with torch.no_grad():
+                x, n = model.encoder_features(batch, normalised=False)["whisper"]
+            frames.setdefault(batch["meta"][0]["spk"], []).append(x[0, :int(n[0])])
+    assert sorted(model.feature_norm.speakers) == sorted(frames)
+    for spk, xs in frames.items():
+        x = torch.cat(xs).double()
+        mean, std = model.feature_norm.speakers[spk]["whisper"]
+        torch.testing.assert_close(mean.double(), x.mean(0), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(std.double(), x.std(0, unbiased=False).clamp_min(1e-5), atol=1e-4, rtol=1e-4)

@@ -14,17 +14,21 @@ SR = 16000
 VOICES = {"anger": (260.0, 0.3), "sadness": (130.0, 0.03)}
 
 
-def make_set(path, n, seed):
+def make_set(path, n, seed, registers=None):
+    """n utterances of each emotion; with ``registers`` (speaker -> level factor) each speaker voices
+    both emotions at one pitch and their own loudness, speakers taking turns."""
     rng = np.random.default_rng(seed)
     audio = path.parent.parent / "audio"
     audio.mkdir(parents=True, exist_ok=True)
     tables = {"wav.scp": {}, "utt2spk": {}, "utt2emo": {}}
     for label, (f0, level) in VOICES.items():
         for i in range(n):
-            utt = f"spk{i % 2}-{label}-{seed}-{i}"
+            spk = list(registers)[i % len(registers)] if registers else f"spk{i % 2}"
+            utt = f"{spk}-{label}-{seed}-{i}"
             t = np.arange(int(SR * rng.uniform(0.6, 1.0))) / SR
-            f = f0 * (1 + 0.05 * rng.standard_normal())
-            wav = level * np.sin(2 * np.pi * f * t) + 0.002 * rng.standard_normal(len(t))
+            f = (200.0 if registers else f0) * (1 + 0.05 * rng.standard_normal())
+            amp = level * (registers[spk] if registers else 1)
+            wav = amp * np.sin(2 * np.pi * f * t) + 0.002 * rng.standard_normal(len(t))
             write_wav(audio / f"{utt}.wav", wav.astype(np.float32))
             tables["wav.scp"][utt] = str(audio / f"{utt}.wav")
             tables["utt2spk"][utt], tables["utt2emo"][utt] = utt.split("-")[0], label
@@ -36,7 +40,7 @@ def test_log_mel_statistics_separate_what_the_audio_separates(tmp_path, capsys):
     make_set(tmp_path / "data" / "train", 8, seed=0)
     make_set(tmp_path / "data" / "t1", 4, seed=1)
     cfg = compose([f"data_root={tmp_path / 'data'}", f"exp_root={tmp_path / 'exp'}", "test_sets=[t1]",
-                   "model.e2v.path=null"])
+                   "model.e2v.path=null", "stats_probe.per_speaker=false"])
     probe_main(cfg)
     results = json.loads((tmp_path / "exp" / "stats_probe" / "results.json").read_text())
     assert list(results) == ["log_mel", "whisper", "e2v", "e2v_utt"]
@@ -53,3 +57,15 @@ def test_unknown_features_are_refused(tmp_path):
     cfg = compose([f"data_root={tmp_path}", "stats_probe.features=[mfcc]", "model.e2v.path=null"])
     with pytest.raises(ValueError, match="unknown \\['mfcc'\\]"):
         probe_main(cfg)
+
+
+def test_per_speaker_statistics_see_past_an_unseen_speakers_register(tmp_path):
+    # anger is a speaker's louder voice: the test speaker's sadness is louder than the train speakers' anger
+    make_set(tmp_path / "data" / "train", 10, seed=0, registers={"soft": 0.1, "mid": 0.3})
+    make_set(tmp_path / "data" / "t1", 6, seed=1, registers={"loud": 3.0})
+    cfg = compose([f"data_root={tmp_path / 'data'}", f"exp_root={tmp_path / 'exp'}", "test_sets=[t1]",
+                   "model.e2v.path=null", "stats_probe.features=[log_mel]"])
+    results = probe_main(cfg)
+    assert list(results) == ["log_mel", "log_mel per speaker"]
+    assert results["log_mel per speaker"]["t1"]["ua"] == 1.0
+    assert results["log_mel"]["t1"]["ua"] <= 0.75

@@ -44,14 +44,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from local.eval.judge import JudgeItem, normalise
 from local.eval.metrics import js_divergence
-from local.models.alm import AudioLLM, load_alm, save_alm
+from local.models.alm import AudioLLM, batch_speakers, load_alm, save_alm
 from local.models.readout import Readout, gold_distributions
 from local.reasoning.targets import TARGET_TYPES
 from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
 from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
-from local.train.sft import instruction_for, select_rows, shard_loaders
+from local.train.sft import fit_feature_norm, instruction_for, select_rows, shard_loaders
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def sample(module: AudioLLM, batch: Mapping, prompts: Sequence[str], gen_kwargs:
     module.eval()
     try:
         return module.generate(batch.get("wav"), batch.get("wav_lens"), list(prompts), feats=batch.get("feats"),
-                               feat_lens=batch.get("feat_lens"), return_ids=ids, **gen_kwargs)
+                               feat_lens=batch.get("feat_lens"), speakers=batch_speakers(batch), return_ids=ids,
+                               **gen_kwargs)
     finally:
         module.train(was_training)
 
@@ -379,6 +380,7 @@ def run(cfg: DictConfig, judge=None) -> Path:
     exp_dir = Path(stage.exp_dir)
     model = load_alm(start_model(cfg, stage))
     train, valid = shard_loaders(model, cfg, stage.batch_size)
+    fit_feature_norm(model, cfg, stage)
     algo = PolicyOptimisation(cfg, stage, model, judge)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     trainer = Trainer(model, algo.step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
