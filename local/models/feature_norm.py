@@ -17,7 +17,7 @@ not an excited one.  With each speaker's outputs standardised by that speaker's 
 is left is how an utterance differs from the speaker's others, which is what the stage-2 attributes
 describe too (they are speaker-relative).  On mini_lime's unseen test speakers a logistic
 regression on Whisper-frame statistics goes from 52 % to 61 % UA with it, and the label-only
-audio LLM from 36 % to 59 % (README).  The statistics belong to the data, not the model: a stage
+audio LLM from 36 % to 55 % (README).  The statistics belong to the data, not the model: a stage
 takes them from every utterance of each speaker in the sets it reads (:meth:`FeatureNorm.fit_speakers`,
 keyed by ``utt2spk``), before it trains or decodes; they are not saved.  An utterance whose speaker
 has fewer than :data:`MIN_SPEAKER_UTTS` utterances there (a data dir without ``utt2spk`` has one
@@ -74,7 +74,7 @@ class FeatureNorm(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(dim))
         self.register_buffer("fitted", torch.tensor(False))
         self.speakers: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._unknown_logged: set[str] = set()
+        self._warned = False  # one warning per table about speakers without statistics
 
     def forward(self, name: str, frames: torch.Tensor, lengths: torch.Tensor,
                 speakers: Sequence[str | None] | None = None) -> torch.Tensor:
@@ -89,10 +89,11 @@ class FeatureNorm(nn.Module):
     def _speaker_stats(self, speaker: str | None, name: str, mean: torch.Tensor, std: torch.Tensor):
         stats = self.speakers.get(speaker) if speaker is not None else None
         if stats is None:
-            if speaker not in self._unknown_logged:
-                self._unknown_logged.add(speaker)
+            if not self._warned:
+                self._warned = True
                 log.warning("feature normalisation: no statistics of speaker %r (fewer than %d utterances, or "
-                            "not fitted): the global statistics are used", speaker, MIN_SPEAKER_UTTS)
+                            "not fitted): the global statistics are used for it (and any other such speaker, "
+                            "not logged)", speaker, MIN_SPEAKER_UTTS)
             return mean, std
         return stats[name][0].to(mean.device), stats[name][1].to(mean.device)
 
@@ -123,6 +124,9 @@ class FeatureNorm(nn.Module):
         sums: dict[str, dict[str, torch.Tensor]] = {}
         utts: dict[str, int] = {}
         for feats, speakers in batches:
+            if speakers is None:
+                raise ValueError("per-speaker normalisation: a batch does not say its utterances' speakers "
+                                 "(meta 'spk', from utt2spk)")
             for i, spk in enumerate(speakers):
                 utts[spk] = utts.get(spk, 0) + 1
                 acc = sums.setdefault(spk, {})
@@ -132,6 +136,6 @@ class FeatureNorm(nn.Module):
                     acc[name] = acc[name] + m if name in acc else m
         kept = [s for s, n in utts.items() if n >= MIN_SPEAKER_UTTS]
         self.speakers = {spk: {name: _mean_std(m) for name, m in sums[spk].items()} for spk in kept}
-        self._unknown_logged = set()
+        self._warned = False
         log.info("feature normalisation: statistics of %d speakers (%d with fewer than %d utterances use the "
                  "global ones)", len(kept), len(utts) - len(kept), MIN_SPEAKER_UTTS)

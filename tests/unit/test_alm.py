@@ -473,6 +473,8 @@ def test_speaker_norm_standardises_each_speaker_and_falls_back_to_the_global_sta
     assert not mixed[1, 2:].any()  # padding zeroed
     norm.fit_speakers(batches[:MIN_SPEAKER_UTTS])  # a new table replaces the old one
     assert sorted(norm.speakers) == ["a"]
+    with pytest.raises(ValueError, match="speakers"):
+        norm.fit_speakers([(batches[0][0], None)])
     with pytest.raises(ValueError, match="mode"):
         FeatureNorm({"x": 2}, mode="utterance")
 
