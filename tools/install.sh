@@ -46,9 +46,18 @@ have=$(cat "${stamp}" 2>/dev/null || true)
 if [ "${want}" = "${have}" ]; then
   log "python packages up to date with setup.py, skipped"
 else
+  # torch's PyPI wheel brings the CUDA libraries: the venv is ~8.5 GB.  Say so up
+  # front instead of letting pip die half-way with "No space left on device".
+  need_gb=10
+  free_gb=$(( $(df -Pk "${venv}" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "${free_gb}" -lt "${need_gb}" ] && [ -z "${have}" ]; then
+    log "ERROR: ${free_gb} GB free under ${venv}; the python stack needs about ${need_gb} GB" >&2
+    exit 1
+  fi
   log "installing python packages (pip install -e '.[test]'); the first time takes a few minutes"
-  "${venv}/bin/pip" install --quiet --upgrade pip
-  "${venv}/bin/pip" install --quiet -e "${root}[test]"
+  # --no-cache-dir: a cached copy of every wheel would double the disk it takes.
+  "${venv}/bin/pip" install --quiet --no-cache-dir --upgrade pip
+  "${venv}/bin/pip" install --quiet --no-cache-dir -e "${root}[test]"
   echo "${want}" > "${stamp}"
   log "python packages installed"
 fi
