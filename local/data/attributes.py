@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Protocol
 
 import numpy as np
+import torch
 
 from local.data.audio import SAMPLE_RATE, AudioError, read_audio
 from local.data.kaldi import DataDir, DataDirError, format_kv, validate_data_dir
+from local.data.pitch import yin, yin_lags
 from local.data.synth import to_pinyin
 
 logger = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ class PitchTracker(Protocol):
 
 @dataclass(frozen=True)
 class YinTracker:
-    """YIN (de Cheveigné & Kawahara, 2002), vectorised over frames with FFTs.
+    """YIN (de Cheveigné & Kawahara, 2002; :func:`local.data.pitch.yin`, in float64 here).
 
     A frame is voiced when its cumulative-mean-normalised difference dips below
     ``threshold`` (the aperiodicity) and it is not silent; the period is the
@@ -143,50 +145,20 @@ class YinTracker:
 
     def __call__(self, wav: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
         hop = round(self.hop_s * sr)
-        tau_min = max(2, int(sr / self.f0_max))
-        tau_max = int(math.ceil(sr / self.f0_min))
-        win = tau_max  # difference window: one period of the lowest F0
+        win, tau_min, tau_max = yin_lags(sr, self.f0_min, self.f0_max)
         length = win + tau_max + 1  # lags up to tau_max + 1 to test a dip at tau_max
         n_frames = 1 + len(wav) // hop
         padded = np.pad(np.asarray(wav, np.float64), (length // 2, length))
         frames = np.lib.stride_tricks.sliding_window_view(padded, length)[::hop][:n_frames]
-        f0, periodic = zip(*(self._track(frames[i:i + self.block], win, tau_min, tau_max, sr)
-                             for i in range(0, n_frames, self.block)))
+        f0, periodic = [], []
+        for i in range(0, n_frames, self.block):
+            hz, is_periodic, _ = yin(torch.from_numpy(np.ascontiguousarray(frames[i:i + self.block])),
+                                     win, tau_min, tau_max, sr, self.threshold)
+            f0.append(hz.numpy())
+            periodic.append(is_periodic.numpy())
         loud = non_silent(frame_levels_db(wav, sr, hop), self.silence_db)
         voiced = np.concatenate(periodic) & loud
         return np.where(voiced, np.concatenate(f0), 0.0), voiced
-
-    def _track(self, frames: np.ndarray, win: int, tau_min: int, tau_max: int, sr: int):
-        """(F0 in Hz, periodic?) per frame of ``win + tau_max + 1`` samples."""
-        n_lags = tau_max + 2
-        nfft = 1 << int(math.ceil(math.log2(frames.shape[1] + win)))
-        spec = np.fft.rfft(frames, nfft)
-        head = np.fft.rfft(frames[:, :win], nfft)
-        # acf[tau] = sum_{j<win} x[j] x[j+tau]
-        acf = np.fft.irfft(spec * np.conj(head), nfft)[:, :n_lags]
-        cum = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames ** 2, axis=1)], axis=1)
-        energy = cum[:, win:win + n_lags] - cum[:, :n_lags]  # sum_{j<win} x[j+tau]^2
-        diff = np.maximum(energy[:, :1] + energy - 2 * acf, 0.0)
-        diff[:, 0] = 0.0
-        running = np.cumsum(diff[:, 1:], axis=1) / np.arange(1, n_lags)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cmnd = np.concatenate([np.ones((len(frames), 1)), diff[:, 1:] / running], axis=1)
-        cmnd[~np.isfinite(cmnd)] = 1.0  # all-zero frame: no periodicity at all
-
-        lags = np.arange(tau_min, tau_max + 1)
-        mid = cmnd[:, lags]
-        trough = (mid <= cmnd[:, lags - 1]) & (mid < cmnd[:, lags + 1])
-        below = trough & (mid < self.threshold)
-        periodic = below.any(axis=1)
-        # the first trough under the threshold (the fundamental, not a multiple of the period)
-        tau = lags[below.argmax(axis=1)]
-        rows = np.arange(len(frames))
-        a, b, c = cmnd[rows, tau - 1], cmnd[rows, tau], cmnd[rows, tau + 1]
-        denom = a - 2 * b + c
-        with np.errstate(invalid="ignore", divide="ignore"):
-            shift = np.where(denom > 0, 0.5 * (a - c) / denom, 0.0)
-        period = tau + np.clip(shift, -1, 1)
-        return sr / period, periodic
 
 
 @dataclass(frozen=True)

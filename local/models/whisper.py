@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from local.data.pitch import PITCH_FEATURES, pitch_features
 from local.models.frames import length_mask, stack_frames, zero_padding
 
 PADDING_MODES = ("30s", "batch")
@@ -53,7 +54,7 @@ class WhisperFrontend(nn.Module):
     """
 
     def __init__(self, encoder: WhisperEncoder, feature_extractor: WhisperFeatureExtractor,
-                 padding: str = "batch", downsample: int = 4):
+                 padding: str = "batch", downsample: int = 4, pitch: bool = False):
         super().__init__()
         if padding not in PADDING_MODES:
             raise ValueError(f"whisper padding must be one of {PADDING_MODES}, got '{padding}'")
@@ -66,6 +67,7 @@ class WhisperFrontend(nn.Module):
         self.encoder = encoder
         self.padding = padding
         self.downsample = downsample
+        self.pitch = pitch
         self.n_fft, self.hop, self.n_samples = fe.n_fft, fe.hop_length, fe.n_samples
         self.sampling_rate = fe.sampling_rate
         # [n_mels, n_freq]
@@ -74,8 +76,8 @@ class WhisperFrontend(nn.Module):
 
     @classmethod
     def build(cls, name_or_path: str | None = None, config: dict | None = None, padding: str = "batch",
-              downsample: int = 4, freeze: bool = True, dtype: str = "float32", init_seed: int = 0
-              ) -> "WhisperFrontend":
+              downsample: int = 4, freeze: bool = True, dtype: str = "float32", init_seed: int = 0,
+              pitch: bool = False) -> "WhisperFrontend":
         """From a checkpoint (HF id or ``save_pretrained`` dir) or, with ``name_or_path`` None, a random
         encoder of the ``config`` architecture (seeded, so every stage builds the same one)."""
         torch_dtype = getattr(torch, dtype)
@@ -92,14 +94,14 @@ class WhisperFrontend(nn.Module):
                 torch.manual_seed(init_seed)
                 encoder = WhisperEncoder(wc).to(torch_dtype)
             fe = WhisperFeatureExtractor(feature_size=wc.num_mel_bins)
-        frontend = cls(encoder, fe, padding=padding, downsample=downsample)
+        frontend = cls(encoder, fe, padding=padding, downsample=downsample, pitch=pitch)
         frontend.requires_grad_(not freeze)
         return frontend
 
     @property
     def dim(self) -> int:
         """Width of :meth:`encode`'s frames."""
-        return self.encoder.config.d_model
+        return self.encoder.config.d_model + (len(PITCH_FEATURES) if self.pitch else 0)
 
     @property
     def out_dim(self) -> int:
@@ -131,7 +133,8 @@ class WhisperFrontend(nn.Module):
         return log_spec, mel_lengths
 
     def encode(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, samples] at 16 kHz -> (encoder frames [B, T, d_model] at 50 Hz, frame lengths [B])."""
+        """[B, samples] at 16 kHz -> (encoder frames [B, T, :attr:`dim`] at 50 Hz, frame lengths [B]);
+        with ``pitch``, each frame ends with the pitch features of its 20 ms (local.data.pitch)."""
         enc = self.encoder
         mel, mel_lengths = self.log_mel(wav, lengths)
         x = F.gelu(enc.conv1(mel.to(enc.conv1.weight.dtype)))
@@ -149,7 +152,12 @@ class WhisperFrontend(nn.Module):
                 ~keep, torch.finfo(x.dtype).min).expand(-1, 1, t, t)
         for layer in enc.layers:
             x = layer(x, mask, layer_head_mask=None)[0]
-        return zero_padding(enc.layer_norm(x), frame_lengths), frame_lengths
+        x = enc.layer_norm(x)
+        if self.pitch:
+            lengths = lengths.clamp(max=self.n_samples)
+            pitch = pitch_features(wav, lengths, self.sampling_rate, 2 * self.hop, t)
+            x = torch.cat([x, pitch.to(x.dtype)], dim=-1)
+        return zero_padding(x, frame_lengths), frame_lengths
 
     def reduce(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder frames -> frames at ``frame_rate`` (``downsample`` consecutive frames concatenated)."""

@@ -19,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
 from local.data.loader import collate
+from local.data.pitch import PITCH_FEATURES, pitch_features
 from local.models.alm import IGNORE_INDEX, build_alm, load_alm, save_alm
 from local.models.connectors import MLPAdapter, TransformerConnector
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS
@@ -153,6 +154,22 @@ def test_whisper_batch_mode_is_batch_invariant_and_downsamples(tiny_dirs):
     reduced, reduced_lens = frontend(*pad(ws))
     assert reduced.shape[2] == 4 * 32 and reduced_lens.tolist() == [7, 16] and frontend.frame_rate == 12.5
     torch.testing.assert_close(reduced[1, 2], frames[1, 8:12].reshape(-1))
+
+
+def test_whisper_with_pitch_appends_the_pitch_features_of_each_frame(tiny_dirs):
+    plain = WhisperFrontend.build(str(tiny_dirs["whisper"]), padding="batch").eval()
+    frontend = WhisperFrontend.build(str(tiny_dirs["whisper"]), padding="batch", pitch=True).eval()
+    assert frontend.dim == 32 + len(PITCH_FEATURES) and frontend.out_dim == 4 * frontend.dim
+    wav, lens = pad(waves([8000, 20000]))
+    frames, frame_lens = frontend.encode(wav, lens)
+    reference, _ = plain.encode(wav, lens)
+    torch.testing.assert_close(frames[..., :32], reference)
+    pitch = pitch_features(wav, lens, SR, 320, frames.shape[1])  # 20 ms: one per encoder frame
+    torch.testing.assert_close(frames[..., 32:], pitch * (torch.arange(frames.shape[1])[None, :, None] < frame_lens[:, None, None]))
+    assert frames[0, :25, 32].exp().mean() == pytest.approx(150, rel=0.05)  # waves(): a 150 Hz tone, then 210 Hz
+    assert frames[1, :60, 32].exp().mean() == pytest.approx(210, rel=0.05)
+    alone, _ = frontend.encode(*pad(waves([8000])))
+    torch.testing.assert_close(frames[0, :25], alone[0, :25], atol=1e-5, rtol=1e-5)
 
 
 def test_stack_frames_concatenates_and_zeroes_padding():
@@ -354,14 +371,16 @@ def test_lora_trainable_parameters_match_the_formula(tiny_dirs):
     assert len(model.generate(*pad(waves([8000])), [PROMPT], max_new_tokens=3)) == 1
 
 
-def test_forward_from_cached_features_equals_forward_from_waveforms(tiny_dirs):
-    model = build_tiny(tiny_dirs).eval()
+@pytest.mark.parametrize("pitch", [False, True], ids=["whisper", "whisper+pitch"])
+def test_forward_from_cached_features_equals_forward_from_waveforms(tiny_dirs, pitch):
+    model = build_tiny(tiny_dirs, f"encoder.pitch={pitch}").eval()
     fns = model.feature_fns()
     assert sorted(fns) == ["e2v", "e2v_utt", "whisper"]
     ws = waves([8000, 12800])
     samples = [{"utt": f"u{i}", "meta": {}, "targets": [], "wav": w, "feats": {n: fn(w) for n, fn in fns.items()}}
                for i, w in enumerate(ws)]
-    assert samples[0]["feats"]["whisper"].shape == (25, 32) and samples[0]["feats"]["e2v_utt"].shape == (1, 16)
+    width = 32 + 3 * pitch
+    assert samples[0]["feats"]["whisper"].shape == (25, width) and samples[0]["feats"]["e2v_utt"].shape == (1, 16)
     cached = collate(samples)
     del cached["wav"], cached["wav_lens"]
     cached.update(prompts=[PROMPT] * 2, responses=RESPONSES)
@@ -382,7 +401,7 @@ def test_forward_from_cached_features_equals_forward_from_waveforms(tiny_dirs):
 def test_feature_concat_fusion(tiny_dirs):
     model = build_tiny(tiny_dirs, "fusion=feature_concat").eval()
     assert model.acoustic_stack == 4  # 50 Hz acoustic frames onto 12.5 Hz semantic frames
-    assert model.connectors["fused"].proj.in_features == 4 * 32 + 4 * 16
+    assert model.connectors["fused"].proj.in_features == 4 * (32 + len(PITCH_FEATURES)) + 4 * 16  # tiny: pitch on
     batch = make_batch()
     with torch.no_grad():
         tokens = model.audio_tokens(batch)

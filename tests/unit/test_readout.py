@@ -79,7 +79,7 @@ def test_equals_the_brute_force_with_multi_token_names(model):
     with torch.no_grad():
         alone = readout.scores(model, {"wav": batch["wav"][1:], "wav_lens": batch["wav_lens"][1:]},
                                prompts[1:], TEXTS[1:])
-    torch.testing.assert_close(alone[0], scores[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone[0], scores[1], atol=1e-5, rtol=1e-6)  # scores near -60: float32 ulps
 
 
 def test_single_token_names_are_the_logit_readout(model):
