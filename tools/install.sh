@@ -34,6 +34,19 @@ else
 fi
 
 # --- Python environment ----------------------------------------------------
+want=$(sha256sum "${root}/setup.py" | cut -d' ' -f1)
+have=$(cat "${stamp}" 2>/dev/null || true)
+if [ -z "${have}" ]; then
+  # torch's PyPI wheel brings the CUDA libraries: the venv takes ~8.5 GB.  Say so
+  # up front instead of letting pip die half-way with "No space left on device".
+  need_gb=10
+  free_gb=$(( $(df -Pk "${root}/tools" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "${free_gb}" -lt "${need_gb}" ]; then
+    log "ERROR: ${free_gb} GB free under ${root}/tools; the python stack needs about ${need_gb} GB" >&2
+    exit 1
+  fi
+fi
+
 if [ -x "${venv}/bin/python" ]; then
   log "venv exists, skipped: ${venv}"
 else
@@ -41,19 +54,9 @@ else
   ${python} -m venv "${venv}"
 fi
 
-want=$(sha256sum "${root}/setup.py" | cut -d' ' -f1)
-have=$(cat "${stamp}" 2>/dev/null || true)
 if [ "${want}" = "${have}" ]; then
   log "python packages up to date with setup.py, skipped"
 else
-  # torch's PyPI wheel brings the CUDA libraries: the venv is ~8.5 GB.  Say so up
-  # front instead of letting pip die half-way with "No space left on device".
-  need_gb=10
-  free_gb=$(( $(df -Pk "${venv}" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
-  if [ "${free_gb}" -lt "${need_gb}" ] && [ -z "${have}" ]; then
-    log "ERROR: ${free_gb} GB free under ${venv}; the python stack needs about ${need_gb} GB" >&2
-    exit 1
-  fi
   log "installing python packages (pip install -e '.[test]'); the first time takes a few minutes"
   # --no-cache-dir: a cached copy of every wheel would double the disk it takes.
   "${venv}/bin/pip" install --quiet --no-cache-dir --upgrade pip

@@ -167,3 +167,20 @@ def read_cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:  # gone meanwhile
         return ""
+
+
+def test_install_refuses_a_disk_too_small_for_the_stack_before_touching_anything(tmp_path):
+    """A first install on a nearly full disk says how much it needs instead of dying half-way in pip."""
+    (tmp_path / "tools").mkdir()
+    for name in ("tools/install.sh", "setup.py"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                             "echo '/dev/x 100000000 99000000 3145728 99% /'\n")  # 3 GB free
+    (fake / "df").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", "tools/install.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "3 GB free" in out.stderr and "needs about 10 GB" in out.stderr
+    assert not (tmp_path / "tools" / "venv").exists()
