@@ -166,6 +166,20 @@ def drop_secrets(obj: Any) -> Any:
 
 # --- small pieces ---------------------------------------------------------------------
 
+def config_changes(old: Mapping, new: Mapping, limit: int = 6) -> list[str]:
+    """``"key: old -> new"`` for the dotted keys whose values differ between two nested configs."""
+    def flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    changes = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:limit]]
+    return changes + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
 def lr_factor(step: int, total: int | None, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based).
 
@@ -433,6 +447,10 @@ class Trainer:
             self._wandb_id = uuid.uuid4().hex[:8]
             return
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        changes = config_changes(ckpt.get("config") or {}, self.config_record) if ckpt.get("config") else []
+        if changes:  # e.g. a yaml edited, then the stage re-run: resuming is what the user asked, or not
+            log.warning("%s was written by a run with another config (%s); resuming from it anyway: "
+                        "remove %s to train from the start", path, "; ".join(changes), self.ckpt_dir)
         partial = self.state_dict_fn is not full_state_dict
         result = set_model_state_dict(self.module, ckpt["model"],
                                       options=StateDictOptions(full_state_dict=True, strict=not partial))

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from torch import nn
 
-from local.train.loop import (NonFiniteError, Trainer, TrainerConfig, load_weights, lr_factor,
+from local.train.loop import (NonFiniteError, Trainer, TrainerConfig, config_changes, load_weights, lr_factor,
                               trainable_state_dict)
 
 
@@ -189,6 +189,23 @@ def test_checkpoints_keep_last_best_and_atomic_save(tmp_path, monkeypatch, mode,
     model = make_model()
     assert load_weights(ckpts / "last.pt", model)["step"] == 5
     assert_same(params(model), params(trainer.module), 0)
+
+
+def test_resuming_with_another_config_says_what_changed(tmp_path, caplog):
+    """A yaml edited and the stage re-run resumes the old checkpoints: the log must say so, by key."""
+    x, y = make_data()
+    Trainer(make_model(), mse_step, config(tmp_path, max_steps=2, save_every=1, lr=0.1),
+            run_config={"rl": {"lr": 0.1}}).fit(ToyLoader(x, y, [8] * 6))
+    with caplog.at_level("WARNING", logger="local.train.loop"):
+        Trainer(make_model(), mse_step, config(tmp_path, max_steps=3, save_every=1, lr=0.1),
+                run_config={"rl": {"lr": 0.1}}).fit(ToyLoader(x, y, [8] * 6))
+    assert "another config (trainer.max_steps: 2 -> 3)" in caplog.text  # only what changed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="local.train.loop"):
+        Trainer(make_model(), mse_step, config(tmp_path, max_steps=3, save_every=1, lr=0.05),
+                run_config={"rl": {"lr": 0.05}}).fit(ToyLoader(x, y, [8] * 6))
+    assert "rl.lr: 0.1 -> 0.05; trainer.lr: 0.1 -> 0.05" in caplog.text and "remove" in caplog.text
+    assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c: <unset> -> 2"]
 
 
 @pytest.mark.parametrize("how", ["stop", "crash", "trainable_only"])
