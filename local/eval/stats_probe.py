@@ -117,8 +117,8 @@ def run(cfg: DictConfig) -> dict:
     views = {f: (f, lambda x, spk: x) for f in features}
     if opts.get("per_speaker"):
         views.update({f"{f} per speaker": (f, per_speaker) for f in features})
+    x_train, y_train, spk_train = feats["train"]
     for row, (feature, view) in views.items():
-        x_train, y_train, spk_train = feats["train"]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=opts.C, max_iter=opts.max_iter))
         clf.fit(view(x_train[feature], spk_train), y_train)
         results[row] = {}

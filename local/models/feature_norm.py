@@ -14,10 +14,10 @@ training set at the start of stage 6 (:meth:`FeatureNorm.fit`), and saved with t
 
 Per speaker.  Emotion is a departure from the speaker's own way of speaking: a high voice is
 not an excited one.  With each speaker's outputs standardised by that speaker's statistics, what
-is left is how an utterance differs from the speaker's others, which is what the stage-2 attributes
-describe too (they are speaker-relative).  On mini_lime's unseen test speakers a logistic
-regression on Whisper-frame statistics goes from 52 % to 61 % UA with it, and the label-only
-audio LLM from 36 % to 55 % (README).  The statistics belong to the data, not the model: a stage
+is left is how an utterance differs from the speaker's others (the stage-2 attribute bins, by
+contrast, are corpus-wide: this normalisation removes the register they measure).  On mini_lime's
+unseen test speakers a logistic regression on Whisper-frame statistics goes from 52 % to 61 % UA
+with it, and the label-only audio LLM from 36 % to 55 % (README).  The statistics belong to the data, not the model: a stage
 takes them from every utterance of each speaker in the sets it reads (:meth:`FeatureNorm.fit_speakers`,
 keyed by ``utt2spk``), before it trains or decodes; they are not saved.  An utterance whose speaker
 has fewer than :data:`MIN_SPEAKER_UTTS` utterances there (a data dir without ``utt2spk`` has one
