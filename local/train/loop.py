@@ -30,6 +30,15 @@ Choices, and why:
   process, DDP and FSDP; rank 0 writes them.  A file is written under a temp
   name and renamed, ``last.pt``/``best.pt`` are hard links swapped in by
   rename, so a crash at any moment leaves the previous checkpoint intact.
+- A checkpoint is resumed only by a run with the same *fingerprint*: the
+  stage's (the config keys it reads and the content digests of its data and
+  models, local/bin/stages.py), or, for a trainer used on its own, the digest
+  of its whole config; either with the run's length replaced by the schedule
+  it gives (warm-up steps, and the total unless the schedule is constant), so
+  a constant-rate run extended to more steps resumes.  Otherwise the old run's checkpoints, metrics and
+  config are moved to ``exp_dir/superseded/<time>-<fingerprint>/`` and
+  training starts from the beginning, saying so: weights trained on other
+  targets or under another learning rate must not be saved as this run's.
 - A non-finite loss (or grad norm) stops training before the optimizer
   touches the weights and before anything is saved, naming the step and the
   utterances of every rank's batches.
@@ -65,13 +74,19 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from tqdm import tqdm
 
+from local.utils.digest import value_digest
+from local.utils.provenance import config_changes, drop_secrets
+
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, Mapping[str, float]]"]
 ValidFn = Callable[[nn.Module, Iterable], Mapping[str, float]]
 StateDictFn = Callable[[nn.Module], "dict[str, torch.Tensor]"]
 
-SECRET_WORDS = ("key", "token", "secret", "password")
+# Trainer keys that change how a run is watched, not what it trains: left out of its default fingerprint;
+# and the run's length, which enters it as the learning-rate schedule it gives (see _plan).
+WATCHING = ("progress", "log_every", "wandb", "keep_last", "save_every")
+LENGTHS = ("max_steps", "max_epochs")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -148,37 +163,7 @@ class TrainerConfig:
         return cls(**cfg)
 
 
-def drop_secrets(obj: Any) -> Any:
-    """A copy of a config without the keys that may hold credentials.
-
-    A key is dropped when its name contains key, token, secret or password
-    (any case) and its value could be a credential, i.e. is not a number,
-    bool or None: ``api_key: sk-...`` goes, ``max_new_tokens: 1024`` stays.
-    """
-    if isinstance(obj, Mapping):
-        return {k: drop_secrets(v) for k, v in obj.items()
-                if not (any(w in str(k).lower() for w in SECRET_WORDS)
-                        and not (v is None or isinstance(v, (bool, int, float))))}
-    if isinstance(obj, (list, tuple)):
-        return [drop_secrets(v) for v in obj]
-    return obj
-
-
 # --- small pieces ---------------------------------------------------------------------
-
-def config_changes(old: Mapping, new: Mapping, limit: int = 6) -> list[str]:
-    """``"key: old -> new"`` for the dotted keys whose values differ between two nested configs."""
-    def flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(old), flat(new)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
-    changes = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:limit]]
-    return changes + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
-
 
 def lr_factor(step: int, total: int | None, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based).
@@ -195,6 +180,14 @@ def lr_factor(step: int, total: int | None, warmup: int, schedule: str, min_rati
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     shape = 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
     return min_ratio + (1.0 - min_ratio) * shape
+
+
+def planned_steps(cfg: TrainerConfig, loader: Iterable) -> int | None:
+    """Optimizer steps a run takes: the fewer of max_steps and max_epochs' worth (None when neither is known)."""
+    totals = [cfg.max_steps] if cfg.max_steps is not None else []
+    if cfg.max_epochs is not None and hasattr(loader, "__len__"):
+        totals.append(cfg.max_epochs * math.ceil(len(loader) / cfg.grad_accum))
+    return min(totals) if totals else None
 
 
 def seed_everything(seed: int) -> None:
@@ -309,7 +302,8 @@ class Trainer:
     ``exp_dir/config.yaml``, the checkpoints and wandb.  ``state_dict_fn``
     chooses what of the model a checkpoint holds (:func:`full_state_dict`, or
     :func:`trainable_state_dict` for LoRA); a partial one is loaded
-    non-strictly.
+    non-strictly.  ``fingerprint`` decides which checkpoints may be resumed (see
+    the module docstring).
 
     Files in ``exp_dir``: ``config.yaml``, ``metrics.jsonl`` (one JSON per log
     or validation event), ``checkpoints/step_N.pt`` (the last ``keep_last``),
@@ -317,7 +311,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, step_fn: StepFn, cfg: TrainerConfig | Mapping | DictConfig, *,
-                 run_config: Mapping | DictConfig | None = None, state_dict_fn: StateDictFn = full_state_dict):
+                 run_config: Mapping | DictConfig | None = None, state_dict_fn: StateDictFn = full_state_dict,
+                 fingerprint: str | None = None):
         self.cfg = cfg = TrainerConfig.from_config(cfg)
         if cfg.exp_dir is None:
             raise ValueError("trainer.exp_dir is not set")
@@ -349,6 +344,12 @@ class Trainer:
             else dict(run_config or {})
         config["trainer"] = dataclasses.asdict(cfg)
         self.config_record = drop_secrets(config)
+        # What a checkpoint may be resumed under: the stage's fingerprint (the config keys it reads and the
+        # content of its inputs: local/bin/stages.py), or for a trainer used on its own its whole config;
+        # _plan adds the schedule.
+        self._base_fingerprint = fingerprint or value_digest(
+            {**config, "trainer": {k: v for k, v in config["trainer"].items() if k not in WATCHING + LENGTHS}})
+        self.fingerprint = self._base_fingerprint
 
         self.step = self.epoch = self.batches_in_epoch = 0
         self.best: float | None = None
@@ -405,14 +406,15 @@ class Trainer:
     def _plan(self, loader: Iterable) -> None:
         """Total steps (for the schedule and the progress bar) and warm-up steps."""
         cfg = self.cfg
-        totals = [cfg.max_steps] if cfg.max_steps is not None else []
-        if cfg.max_epochs is not None and hasattr(loader, "__len__"):
-            totals.append(cfg.max_epochs * math.ceil(len(loader) / cfg.grad_accum))
-        self.total_steps = min(totals) if totals else None
+        self.total_steps = planned_steps(cfg, loader)
         if self.total_steps is None and (cfg.schedule != "constant" or 0 < cfg.warmup < 1):
             raise ValueError(f"schedule {cfg.schedule!r} / warm-up ratio {cfg.warmup} need the number of steps: "
                              "set trainer.max_steps (the training loader has no len())")
         self.warmup_steps = int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * (self.total_steps or 0))
+        # The length of a run matters to a resume only through the schedule: a constant one extended
+        # resumes exactly; a cosine over another number of steps is another run.
+        self.fingerprint = value_digest([self._base_fingerprint, cfg.schedule, self.warmup_steps,
+                                         None if cfg.schedule == "constant" else self.total_steps])
 
     # -- checkpoints --
 
@@ -427,7 +429,7 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
                 "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
                 "best": {"value": self.best, "step": self.best_step, "metric": self.cfg.best_metric},
-                "wandb_id": self._wandb_id, "config": self.config_record,
+                "wandb_id": self._wandb_id, "config": self.config_record, "fingerprint": self.fingerprint,
             }, path)
             _atomic_link(path, self.ckpt_dir / "last.pt")
             if best:
@@ -447,10 +449,17 @@ class Trainer:
             self._wandb_id = uuid.uuid4().hex[:8]
             return
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        changes = config_changes(ckpt.get("config") or {}, self.config_record) if ckpt.get("config") else []
-        if changes:  # e.g. a yaml edited, then the stage re-run: resuming is what the user asked, or not
-            log.warning("%s was written by a run with another config (%s); resuming from it anyway: "
-                        "remove %s to train from the start", path, "; ".join(changes), self.ckpt_dir)
+        if ckpt.get("fingerprint") != self.fingerprint:
+            # Resuming weights trained on other data or under another config would pass them off as this
+            # run's: start over, and keep the old run where the user can find it.
+            changes = config_changes(ckpt.get("config") or {}, self.config_record)
+            moved = self._set_aside(str(ckpt.get("fingerprint") or "unknown"))
+            log.warning("%s was written by a run with %s; not resuming it: training from the start "
+                        "(the old run is in %s)", path,
+                        f"another config ({'; '.join(changes)})" if changes else "other inputs (data, models)",
+                        moved)
+            self._wandb_id = uuid.uuid4().hex[:8]
+            return
         partial = self.state_dict_fn is not full_state_dict
         result = set_model_state_dict(self.module, ckpt["model"],
                                       options=StateDictOptions(full_state_dict=True, strict=not partial))
@@ -474,6 +483,20 @@ class Trainer:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0  # it stopped on an epoch's last batch
         self._info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
                    self.batches_in_epoch)
+
+    def _set_aside(self, old_fingerprint: str) -> Path:
+        """Move the files of a superseded run (checkpoints, metrics, config) to ``exp_dir/superseded/``."""
+        dest = self.exp_dir / "superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{old_fingerprint[:8]}"
+        if self.world_size > 1:
+            dist.barrier()  # every rank has read last.pt before rank 0 moves it
+        if self.rank == 0:
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in ("checkpoints", "metrics.jsonl", "config.yaml", "wandb"):
+                if (self.exp_dir / name).exists():
+                    os.replace(self.exp_dir / name, dest / name)
+        if self.world_size > 1:
+            dist.barrier()
+        return dest
 
     # -- logging --
 

@@ -38,13 +38,20 @@ def entry_point(fn):
     return wrapper
 
 
+def cli_overrides() -> list[str]:
+    """The overrides given on the command line of the running Hydra app ([] when called as a function)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def compose(overrides: list[str] | None = None, recipe_conf: Path | str | None = None) -> DictConfig:
     """Compose the config as a stage would see it (for tests and notebooks)."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     overrides = list(overrides or [])
-    if recipe_conf is not None:
+    if recipe_conf is not None and Path(recipe_conf).resolve() != CONF_DIR:
         overrides.append(f"hydra.searchpath=[file://{Path(recipe_conf).resolve()}]")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from torch import nn
 
-from local.train.loop import (NonFiniteError, Trainer, TrainerConfig, config_changes, load_weights, lr_factor,
+from local.train.loop import (NonFiniteError, Trainer, TrainerConfig, load_weights, lr_factor,
                               trainable_state_dict)
 
 
@@ -166,7 +166,7 @@ def test_checkpoints_keep_last_best_and_atomic_save(tmp_path, monkeypatch, mode,
     x, y = make_data()
     score = {1: 3.0, 2: 1.0, 3: 2.0, 4: 1.5, 5: 4.0}
     cfg = config(tmp_path, max_steps=5, save_every=1, keep_last=2, valid_every=1, best_metric="valid_score",
-                 best_mode=mode)
+                 best_mode=mode, schedule="constant")  # constant: the longer run below resumes this one
     trainer = Trainer(make_model(), mse_step, cfg)
     trainer.fit(ToyLoader(x, y, [8] * 6), valid_loader=[],
                 valid_fn=lambda model, loader: {"score": score[trainer.step]})
@@ -183,7 +183,8 @@ def test_checkpoints_keep_last_best_and_atomic_save(tmp_path, monkeypatch, mode,
 
     monkeypatch.setattr(torch, "save", crash_while_writing)
     with pytest.raises(OSError, match="disk full"):
-        Trainer(make_model(), mse_step, {**cfg, "max_steps": 7, "valid_every": None}).fit(ToyLoader(x, y, [8] * 6))
+        longer = Trainer(make_model(), mse_step, {**cfg, "max_steps": 7})
+        longer.fit(ToyLoader(x, y, [8] * 6), valid_loader=[], valid_fn=lambda model, loader: {"score": 0.0})
     monkeypatch.undo()
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "last.pt", "step_4.pt", "step_5.pt"]
     model = make_model()
@@ -191,21 +192,39 @@ def test_checkpoints_keep_last_best_and_atomic_save(tmp_path, monkeypatch, mode,
     assert_same(params(model), params(trainer.module), 0)
 
 
-def test_resuming_with_another_config_says_what_changed(tmp_path, caplog):
-    """A yaml edited and the stage re-run resumes the old checkpoints: the log must say so, by key."""
+def test_a_checkpoint_of_another_config_or_inputs_is_set_aside_not_resumed(tmp_path, caplog):
+    """A yaml edited (or the targets regenerated) and the stage re-run must not save the old weights as the
+    new model: the trainer starts over, says why by key, and moves the old run aside instead of deleting it."""
     x, y = make_data()
-    Trainer(make_model(), mse_step, config(tmp_path, max_steps=2, save_every=1, lr=0.1),
-            run_config={"rl": {"lr": 0.1}}).fit(ToyLoader(x, y, [8] * 6))
+
+    def train(lr, fingerprint=None, max_steps=3):
+        trainer = Trainer(make_model(), mse_step, config(tmp_path, max_steps=max_steps, save_every=1, lr=lr),
+                          run_config={"rl": {"lr": lr}}, fingerprint=fingerprint)
+        trainer.fit(ToyLoader(x, y, [8] * 6))
+        return trainer
+
+    first = train(0.1)
     with caplog.at_level("WARNING", logger="local.train.loop"):
-        Trainer(make_model(), mse_step, config(tmp_path, max_steps=3, save_every=1, lr=0.1),
-                run_config={"rl": {"lr": 0.1}}).fit(ToyLoader(x, y, [8] * 6))
-    assert "another config (trainer.max_steps: 2 -> 3)" in caplog.text  # only what changed
-    caplog.clear()
+        again = train(0.1)
+    assert "not resuming" not in caplog.text and records(tmp_path)[-1]["step"] == 3  # same config: nothing to do
+    assert_same(params(again.module), params(first.module), 0)
+
     with caplog.at_level("WARNING", logger="local.train.loop"):
-        Trainer(make_model(), mse_step, config(tmp_path, max_steps=3, save_every=1, lr=0.05),
-                run_config={"rl": {"lr": 0.05}}).fit(ToyLoader(x, y, [8] * 6))
-    assert "rl.lr: 0.1 -> 0.05; trainer.lr: 0.1 -> 0.05" in caplog.text and "remove" in caplog.text
-    assert config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}}) == ["a.c: <unset> -> 2"]
+        fresh = train(0.05)
+    assert "another config (rl.lr: 0.1 -> 0.05; trainer.lr: 0.1 -> 0.05)" in caplog.text
+    assert "not resuming it: training from the start" in caplog.text
+    assert [r["step"] for r in records(tmp_path)] == [1, 2, 3]  # a new run, not steps 4.. of the old one
+    (old,) = (tmp_path / "superseded").iterdir()
+    assert [r["lr"] for r in records(old)][0] == pytest.approx(0.1) and (old / "checkpoints" / "last.pt").is_file()
+    ref = Trainer(make_model(), mse_step, config(tmp_path / "ref", max_steps=3, save_every=1, lr=0.05),
+                  run_config={"rl": {"lr": 0.05}})
+    ref.fit(ToyLoader(x, y, [8] * 6))
+    assert_same(params(fresh.module), params(ref.module), 0)  # exactly a run from scratch
+
+    caplog.clear()  # same config, other inputs: the stage's fingerprint differs
+    with caplog.at_level("WARNING", logger="local.train.loop"):
+        train(0.05, fingerprint="targets-v2")
+    assert "other inputs (data, models)" in caplog.text and len(list((tmp_path / "superseded").iterdir())) == 2
 
 
 @pytest.mark.parametrize("how", ["stop", "crash", "trainable_only"])
@@ -305,14 +324,15 @@ def _two_rank_worker(rank: int, port: int, root: str) -> None:
     x, y = make_data()
     for parallel, stops in (("ddp", [6]), ("fsdp", [3, 6])):
         for max_steps in stops:
-            cfg = config(Path(root) / parallel, max_steps=max_steps, parallel=parallel, schedule="cosine", warmup=2,
+            # constant: a run extended from 3 to 6 steps resumes (a cosine over 6 steps would be another run)
+            cfg = config(Path(root) / parallel, max_steps=max_steps, parallel=parallel, schedule="constant", warmup=2,
                          save_every=3)
             Trainer(make_model(), mse_step, cfg).fit(ToyLoader(x, y, [8] * 6, rank=rank, world=2))
 
 
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     x, y = make_data()
-    one = Trainer(make_model(), mse_step, config(tmp_path / "one", max_steps=6, schedule="cosine", warmup=2,
+    one = Trainer(make_model(), mse_step, config(tmp_path / "one", max_steps=6, schedule="constant", warmup=2,
                                                  save_every=3))
     one.fit(ToyLoader(x, y, [8] * 6))
     # fork: a spawned child would spend ~10 s importing torch again on this 2-core machine
