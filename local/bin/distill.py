@@ -3,6 +3,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from local.bin.stages import stage_run
 from local.train.sft import run
 from local.utils.hydra import entry_point
 
@@ -11,10 +12,11 @@ log = logging.getLogger("distill")
 
 @entry_point
 def main(cfg: DictConfig) -> None:
-    if not cfg.distill.enabled:
-        log.info("%s has no stage 7 (distill.enabled=false): decoding uses %s", cfg.exp_name, cfg.sft.exp_dir)
-        return
-    run(cfg, cfg.distill)
+    with stage_run(cfg, "distill") as stage:
+        if not cfg.distill.enabled:
+            log.info("%s has no stage 7 (distill.enabled=false): decoding uses %s", cfg.exp_name, cfg.sft.exp_dir)
+            return
+        run(stage.cfg, stage.cfg.distill, fingerprint=stage.key)
 
 
 if __name__ == "__main__":

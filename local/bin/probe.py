@@ -7,13 +7,15 @@ Writes ``<probe.out_dir>/results.md`` and ``results.json``; see :mod:`local.eval
 """
 from __future__ import annotations
 
+from local.bin.stages import stage_run
 from local.eval.probe import run
 from local.utils.hydra import entry_point
 
 
 @entry_point
 def main(cfg) -> None:
-    run(cfg)
+    with stage_run(cfg, "probe") as stage:
+        run(stage.cfg)
 
 
 if __name__ == "__main__":

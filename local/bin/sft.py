@@ -3,6 +3,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from local.bin.stages import stage_run
 from local.train.sft import run
 from local.utils.hydra import entry_point
 
@@ -11,10 +12,11 @@ log = logging.getLogger("sft")
 
 @entry_point
 def main(cfg: DictConfig) -> None:
-    if not cfg.sft.enabled:  # a variant that starts from another experiment's model
-        log.info("%s trains no stage 6 (sft.enabled=false)", cfg.exp_name)
-        return
-    run(cfg, cfg.sft)
+    with stage_run(cfg, "sft") as stage:
+        if not cfg.sft.enabled:  # a variant that starts from another experiment's model
+            log.info("%s trains no stage 6 (sft.enabled=false)", cfg.exp_name)
+            return
+        run(stage.cfg, stage.cfg.sft, fingerprint=stage.key)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from local.bin.stages import stage_run
 from local.data.shards import write_shards
 from local.utils.hydra import entry_point
 
@@ -20,6 +21,11 @@ log = logging.getLogger("shards")
 
 @entry_point
 def main(cfg) -> None:
+    with stage_run(cfg, "shards") as stage:
+        write_all(stage.cfg)
+
+
+def write_all(cfg) -> None:
     opts = cfg.shards
     features = {name: instantiate(spec) for name, spec in opts.features.items()}
     for name in [cfg.train_set, cfg.dev_set, *cfg.test_sets]:

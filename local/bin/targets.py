@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from local.bin.stages import stage_run
 from local.reasoning.targets import make_targets
 from local.reasoning.teacher import CachedTeacher, build_teacher
 from local.utils.hydra import entry_point
@@ -18,6 +19,11 @@ log = logging.getLogger("targets")
 
 @entry_point
 def main(cfg: DictConfig) -> None:
+    with stage_run(cfg, "targets") as stage:
+        make_all(stage.cfg)
+
+
+def make_all(cfg: DictConfig) -> None:
     teacher = build_teacher(OmegaConf.to_container(cfg.teacher, resolve=True))
     types = list(cfg.targets.types)
     log.info("teacher %s, target types %s", teacher.name, ", ".join(types))

@@ -37,15 +37,17 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
 from local.data.kaldi import DataDir, DataDirError, parse_dist, read_table, write_table
 from local.data.loader import ShardLoader, bucket_batches, collate
 from local.data.shards import MANIFEST, _records, load_manifest
-from local.models.alm import AudioLLM, batch_speakers
+from local.models.alm import AudioLLM, batch_speakers, model_config
 from local.models.readout import Readout
-from local.train.sft import with_transcript
+from local.reasoning.prompts import with_transcript
 from local.utils.atomic import write_text_atomic
+from local.utils.provenance import flatten
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,48 @@ def generation_kwargs(max_new_tokens: int, sample: bool = False, temperature: fl
     if sample:
         kwargs.update(temperature=float(temperature), top_p=float(top_p))
     return kwargs
+
+
+# --- the model ---------------------------------------------------------------------
+
+def _overridden(overrides: Sequence[str]) -> list[str]:
+    """The parts of cfg.model that command-line overrides set: "" for all of it, else dotted prefixes."""
+    out = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == "model" or key.startswith("model@"):
+            out.append("")
+        elif key.startswith("model/"):
+            out.append(key[len("model/"):].split("@")[0].replace("/", "."))
+        elif key.startswith("model."):
+            out.append(key[len("model."):])
+    return out
+
+
+def check_model_config(model_dir: Path | str, live: DictConfig, overrides: Sequence[str], own: bool) -> None:
+    """Refuse to decode when the live ``model`` config says something else than the model was trained with.
+
+    A trained model is rebuilt from its own ``model.yaml`` (ESPnet's rule), so a live ``model.*`` override
+    would be silently ignored, and a table would describe a model that was never decoded.  ``own``: the
+    model is the experiment's own (decode.model_dir unset), trained from this very config, so any
+    difference means the config was edited after training; otherwise only the keys the command line sets
+    are compared.
+    """
+    path = Path(model_dir) / "model.yaml"
+    if not path.is_file():
+        return  # loading it will say what is missing
+    saved = flatten(OmegaConf.to_container(model_config(model_dir)))
+    now = flatten(OmegaConf.to_container(live, resolve=True))
+    prefixes = [""] if own else _overridden(overrides)
+    differ = sorted(k for k in saved.keys() | now.keys()
+                    if k != "llm.tokenizer" and saved.get(k, "<unset>") != now.get(k, "<unset>")
+                    and any(not p or k == p or k.startswith(p + ".") for p in prefixes))
+    if differ:
+        what = "; ".join(f"model.{k} is {now.get(k, '<unset>')} here but {saved.get(k, '<unset>')} in {path}"
+                         for k in differ[:4]) + (f" (and {len(differ) - 4} more)" if len(differ) > 4 else "")
+        raise ValueError(f"refusing to decode: {what}. Decoding rebuilds the model as it was trained; "
+                         "to change the model, train it again with that setting (run.sh re-runs the stages "
+                         "that read it), or drop the override")
 
 
 # --- sources of batches ------------------------------------------------------------
@@ -195,7 +239,7 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
     """Generate for every utterance of ``loader``; (records sorted by utt, timing).
 
     ``transcript_in_prompt`` writes each transcript into the prompt, as the
-    text-only cascade was trained (local.train.sft.with_transcript).  An
+    text-only cascade was trained (local.reasoning.prompts.with_transcript).  An
     utterance that comes twice is an error: the loader must be one rank, one pass.
     ``readout`` adds each hypothesis' read-out distribution ("dist").
     """

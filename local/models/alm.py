@@ -55,6 +55,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from local.models.feature_norm import FeatureNorm
 from local.models.frames import fit_length, stack_frames
 from local.models.tokenizer import AUDIO_TOKEN, add_audio_token, fit_embeddings
+from local.utils.digest import source_digest
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class AudioLLM(nn.Module):
         self.fusion, self.acoustic_stack, self.audio_prefix = fusion, acoustic_stack, audio_prefix
         self.audio_token_id = add_audio_token(tokenizer)
         self._feature_memo = None  # (wav array, {name: output}) of the last cache_feature call
+        self.facts: dict = {}      # how it was trained: what decoding and scoring must know (see save_alm)
         self.train()
 
     # --- modes and the feature cache ---------------------------------------------
@@ -439,13 +441,35 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
 
 # --- saving and loading a trained model ------------------------------------------
 
-def save_alm(model: AudioLLM, directory: Path | str) -> None:
-    """Write what a later stage needs to rebuild ``model``: its config, tokenizer and trained weights.
+# The pretrained weights a model dir does not hold but rebuilds from where model.yaml says.
+SOURCES = ("e2v.path", "encoder.name_or_path", "llm.name_or_path")
 
-    Only trainable tensors are stored (LoRA, connectors, a fully fine-tuned tiny
-    LM), and the feature normalisation's statistics: frozen parts come back from
-    where ``model_cfg`` says (a pretrained checkpoint, a seeded random init), so a
-    7B model costs megabytes, not 15 GB.
+
+def source_digests(cfg: DictConfig) -> dict[str, str]:
+    """{key: digest} of the pretrained weights ``cfg`` (a model section) loads from outside the model dir."""
+    out = {}
+    for key in SOURCES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value:
+            out[key] = source_digest(str(value))
+    return out
+
+
+def save_alm(model: AudioLLM, directory: Path | str) -> None:
+    """Write what a later stage needs to rebuild ``model`` and to use it as it was trained.
+
+    ``model.yaml``     the model config, and under ``sources`` the digests of the pretrained
+                       weights it rebuilds from (a frozen Emotion2Vec-S, Whisper, the LM)
+    ``training.yaml``  :attr:`AudioLLM.facts`: how it was trained, read by every later stage
+                       (ESPnet's rule: inference reads the training config from the exp dir):
+                       ``targets`` (target type -> the instruction it was trained with, name and
+                       text), ``transcript_in_prompt``, ``readout`` (answer prefix, separator and
+                       labels of the class-name distribution), ``labels`` (its label set)
+    ``tokenizer/``     the tokenizer, audio placeholder included
+    ``trained.pt``     only trainable tensors (LoRA, connectors, a fully fine-tuned tiny LM) and the
+                       feature normalisation's statistics: frozen parts come back from their sources,
+                       so a 7B model costs megabytes, not 15 GB
+
     The dir is written under a temporary name and renamed.
     """
     directory = Path(directory)
@@ -454,7 +478,9 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     tmp.mkdir(parents=True)
     cfg = model.config.copy()
     cfg.llm.tokenizer = "tokenizer"  # relative to the model dir
+    cfg.sources = source_digests(model.config)
     OmegaConf.save(cfg, tmp / "model.yaml")
+    OmegaConf.save(OmegaConf.create(model.facts), tmp / "training.yaml")
     model.tokenizer.save_pretrained(tmp / "tokenizer")
     state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     state.update({n: b.cpu() for n, b in model.named_buffers() if n.startswith("feature_norm.")})
@@ -464,11 +490,31 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     os.replace(tmp, directory)
 
 
+def model_config(directory: Path | str) -> DictConfig:
+    """The model config a model dir was trained with (its ``sources`` digests left out)."""
+    cfg = OmegaConf.load(Path(directory) / "model.yaml")
+    cfg.pop("sources", None)
+    return cfg
+
+
 def load_alm(directory: Path | str, device: str | torch.device = "cpu",
              acoustic: nn.Module | None = None) -> AudioLLM:
-    """Rebuild a model written by :func:`save_alm`; every trained tensor must find its place."""
+    """Rebuild a model written by :func:`save_alm`; every trained tensor must find its place, and every
+    pretrained source must be the one it was trained with (a retrained Emotion2Vec-S is another encoder)."""
     directory = Path(directory)
     cfg = OmegaConf.load(directory / "model.yaml")
+    recorded = OmegaConf.to_container(cfg.pop("sources", None) or OmegaConf.create({}))
+    for key, digest in recorded.items():
+        if key == "e2v.path" and acoustic is not None:
+            continue  # the caller brings the encoder
+        value = OmegaConf.select(cfg, key, default=None)
+        now = source_digest(str(value)) if value else None
+        if now != digest:
+            raise ValueError(f"{directory} was trained with model.{key}={value} of digest {digest[:12]}, and "
+                             f"{value} is now {'missing' if now is None or now.startswith('name:') else now[:12]}: "
+                             "a model never runs with another encoder or LM than it was trained with. Retrain it "
+                             "(run.sh re-runs the stages whose inputs changed), or restore the weights it was "
+                             "trained with")
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
     model = build_alm(cfg, acoustic=acoustic, tokenizer=tokenizer)
     state = torch.load(directory / "trained.pt", map_location="cpu", weights_only=True)
@@ -478,4 +524,6 @@ def load_alm(directory: Path | str, device: str | torch.device = "cpu",
     if result.unexpected_keys or needed - set(state):
         raise ValueError(f"{directory}: weights do not fit the model: unexpected {result.unexpected_keys[:5]}, "
                          f"missing {sorted(needed - set(state))[:5]}")
+    facts = directory / "training.yaml"
+    model.facts = OmegaConf.to_container(OmegaConf.load(facts)) if facts.is_file() else {}
     return model.to(device)

@@ -3,32 +3,28 @@
 A frozen encoder's output is a pure function of the audio, so stages 6-9 run it
 once per utterance (into ``<dump_root>/<set>/feats_<tag>/``, the stage-4 shard
 format with ``<name>.npy`` entries) and then train and decode from the stored
-frames.  The tag hashes the encoders' configs (and the trained Emotion2Vec-S
-file's time stamp), so a changed encoder gets a new cache rather than a stale one.
+frames.  The tag hashes the encoders' configs and the content of the weights
+they load (local/utils/digest.py), so a retrained Emotion2Vec-S or another
+Whisper checkpoint gets a new cache rather than a stale one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from local.data.shards import write_shards
-from local.models.alm import AudioLLM
+from local.models.alm import AudioLLM, source_digests
+from local.utils.digest import value_digest
 
 
 def feature_tag(model_cfg: DictConfig, names: Sequence[str]) -> str:
-    """A name for the cache that changes whenever the cached encoders could."""
+    """A name for the cache that changes whenever the cached encoders could: their configs and weights."""
     encoders = {k: OmegaConf.to_container(model_cfg[k], resolve=True)
                 for k in ("encoder", "e2v") if model_cfg.get(k)}
-    e2v = (encoders.get("e2v") or {}).get("path")
-    stamp = Path(e2v, "model.safetensors") if e2v else None
-    if stamp is not None and stamp.exists():  # a retrained Emotion2Vec-S is a new cache
-        encoders["e2v_mtime"] = stamp.stat().st_mtime_ns
-    digest = hashlib.sha256(json.dumps([encoders, sorted(names)], sort_keys=True).encode()).hexdigest()
-    return f"feats_{digest[:10]}"
+    weights = {k: d for k, d in source_digests(model_cfg).items() if not k.startswith("llm.")}
+    return f"feats_{value_digest([encoders, weights, sorted(names)])[:10]}"
 
 
 def cached_shards(model: AudioLLM, cfg: DictConfig, split: str) -> tuple[Path, list[str]]:

@@ -35,6 +35,7 @@ from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio
 from local.data.kaldi import c_sorted, write_table
 from local.models.emotion2vec_s import Emotion2VecS, load_emotion2vec
 from local.utils.atomic import write_text_atomic
+from local.utils.digest import path_digest
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +105,8 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def model_fingerprint(model_path: Path | str, size: str | None = None) -> dict:
-    """Identifies the weights a feature dir was made with: path, size preset, file sizes and mtimes."""
-    path = Path(model_path).resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {"model": str(path), "size": size,
-            "files": [[str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size,
-                       p.stat().st_mtime_ns] for p in files]}
+    """Identifies the weights a feature dir was made with: the content digest of the model file or dir."""
+    return {"model": str(Path(model_path).resolve()), "size": size, "digest": path_digest(model_path)}
 
 
 def write_features(model: Emotion2VecS, wav_scp: Mapping[str, str], out_dir: Path | str,

@@ -231,18 +231,23 @@ class OfflineTeacher(Teacher):
     name = "offline"
     batch_size = 4096
 
-    def __init__(self, **unused: Any):
+    def __init__(self, seed: int = 0, **unused: Any):
         if unused:
-            raise TypeError(f"the offline teacher takes no options, got {sorted(unused)}")
+            raise TypeError(f"the offline teacher takes one option, seed; got {sorted(unused)}")
+        self.seed = int(seed)
 
     def __repr__(self) -> str:
-        return "OfflineTeacher()"
+        return f"OfflineTeacher(seed={self.seed})"
 
     def params(self) -> dict[str, Any]:
-        return {"version": VERSION}
+        return {"version": VERSION, "seed": self.seed}
+
+    def _id(self, r: Request) -> str:
+        """What a phrasing is drawn by: the utterance, and the seed when it is not 0 (0 keeps older targets)."""
+        return r.utt if self.seed == 0 else f"{r.utt}\x1f{self.seed}"
 
     def cache_key(self, request: Request) -> str:
-        fields = {"version": VERSION, "utt": request.utt, "type": request.type, "label": request.label,
+        fields = {"version": VERSION, "seed": self.seed, "utt": request.utt, "type": request.type, "label": request.label,
                   "text": request.text, "attrs": request.attrs, "dist": request.dist, "lang": request.lang}
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()
@@ -284,18 +289,18 @@ class OfflineTeacher(Teacher):
 
     def _level(self, r: Request, attr: str) -> str:
         """One attribute's level as a descriptive word: a "rapid" pace, a "soft" volume."""
-        return pick(LEVEL_WORDS[attr][self._raw_level(r, attr)], r.utt, r.type, attr)
+        return pick(LEVEL_WORDS[attr][self._raw_level(r, attr)], self._id(r), r.type, attr)
 
     def _common(self, r: Request) -> dict[str, str]:
         lex = self._lex(r.label)
         return {"label": r.label, "text": r.text.strip(), "quote": key_phrase(r.text),
                 "situation": lex["situation"], "adj": ADJECTIVE.get(r.label, r.label),
-                "cue": pick(lex["cue"], r.utt, r.type, "cue"),
-                "intent": pick(lex["intent"], r.utt, r.type, "intent")}
+                "cue": pick(lex["cue"], self._id(r), r.type, "cue"),
+                "intent": pick(lex["intent"], self._id(r), r.type, "intent")}
 
     def _response(self, r: Request, salt: str) -> str:
         lex = self._lex(r.label)
-        return pick(lex["response_cmn"] if r.lang == "cmn" else lex["response"], r.utt, salt)
+        return pick(lex["response_cmn"] if r.lang == "cmn" else lex["response"], self._id(r), salt)
 
     # --- one writer per target type ------------------------------------------
 
@@ -304,20 +309,20 @@ class OfflineTeacher(Teacher):
         fields = {"rate": self._level(r, "rate"), "pitch": self._level(r, "pitch"),
                   "energy": self._level(r, "energy"), "text": text, "label": r.label,
                   "stop": "" if text[-1:] in SENTENCE_END else "."}
-        return pick(C2SER_EXPLICIT, r.utt, r.type).format(**fields)
+        return pick(C2SER_EXPLICIT, self._id(r), r.type).format(**fields)
 
     def c2ser_implicit(self, r: Request) -> str:
-        return pick(C2SER_IMPLICIT, r.utt, r.type).format(label=r.label)
+        return pick(C2SER_IMPLICIT, self._id(r), r.type).format(label=r.label)
 
     def eips(self, r: Request) -> str:
         lex, fields = self._lex(r.label), self._common(r)
         level = next((r.attrs[k] for k in ("loudness", "energy") if k in r.attrs), "")
         fields["intensity"] = f" at a {INTENSITY[level.lower()]} intensity" if level.lower() in INTENSITY else ""
         thought = " ".join([
-            "Emotion perception: " + pick(EIPS_PERCEPTION, r.utt, "perception").format(**fields),
-            "Intent: " + pick(EIPS_INTENT, r.utt, "intent").format(**fields),
-            "Psychological modelling: The user " + pick(lex["psych"], r.utt, "psych") + ".",
-            "Strategy: " + pick(lex["strategy"], r.utt, "strategy").capitalize() + ".",
+            "Emotion perception: " + pick(EIPS_PERCEPTION, self._id(r), "perception").format(**fields),
+            "Intent: " + pick(EIPS_INTENT, self._id(r), "intent").format(**fields),
+            "Psychological modelling: The user " + pick(lex["psych"], self._id(r), "psych") + ".",
+            "Strategy: " + pick(lex["strategy"], self._id(r), "strategy").capitalize() + ".",
         ])
         return f"<thought>{thought}</thought><response>{self._response(r, 'eips')}</response>"
 
@@ -325,10 +330,10 @@ class OfflineTeacher(Teacher):
         return self._response(r, "direct")
 
     def summarize(self, r: Request) -> str:
-        return pick(SUMMARIZE, r.utt, r.type).format(**self._common(r))
+        return pick(SUMMARIZE, self._id(r), r.type).format(**self._common(r))
 
     def elaborate(self, r: Request) -> str:
-        return pick(ELABORATE, r.utt, r.type).format(**self._common(r))
+        return pick(ELABORATE, self._id(r), r.type).format(**self._common(r))
 
     def ambiguity_cot(self, r: Request) -> str:
         if not r.dist:
@@ -337,7 +342,7 @@ class OfflineTeacher(Teacher):
         ranked = sorted(r.dist.items(), key=lambda kv: (-kv[1], kv[0] != r.label, kv[0]))
         (major, p_major), minors = ranked[0], [(l, p) for l, p in ranked[1:] if p > 0]
         energy, rate, pitch = (self._raw_level(r, a) for a in ("energy", "rate", "pitch"))
-        major_cue = pick(self._lex(major)["cue"], r.utt, "major")
+        major_cue = pick(self._lex(major)["cue"], self._id(r), "major")
         words = sorted({w for w in re.findall(r"[A-Za-z']{4,}", r.text)}, key=lambda w: (-len(w), w))[:2]
         keywords = ", ".join([f"{energy} volume", f"{rate} speed", f"{pitch} pitch"]
                              + [f'"{w}"' for w in words])
@@ -345,7 +350,7 @@ class OfflineTeacher(Teacher):
         if minors:
             text_note = f"can be read as {major}, but they also leave room for {minor_names}, so the text alone is ambiguous."
             audio = (f"{major_cue.capitalize()} supports {major}, while "
-                     f"{pick(self._lex(minors[0][0])['cue'], r.utt, 'minor')} leaves room for {minor_names}.")
+                     f"{pick(self._lex(minors[0][0])['cue'], self._id(r), 'minor')} leaves room for {minor_names}.")
             shares = " and ".join(f"{l} ({p:.0%})" for l, p in minors)
             plural = len(minors) > 1
             synthesis = pick([
@@ -353,7 +358,7 @@ class OfflineTeacher(Teacher):
                 f"the minority label{'s' if plural else ''}, so the prediction keeps them all.",
                 f"Weighing text and prosody, {major} is the majority reading ({p_major:.0%}), but {shares} "
                 f"{'remain' if plural else 'remains'} plausible, so the distribution stays mixed.",
-            ], r.utt, "synthesis")
+            ], self._id(r), "synthesis")
         else:
             text_note = f"carry a clear {major} meaning with little ambiguity."
             audio = f"{major_cue.capitalize()} supports {major}; no cue points to another emotion."

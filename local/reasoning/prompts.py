@@ -51,6 +51,11 @@ def instruction(name: str) -> str:
     return render(name, labels=", ".join(EMOTIONS))
 
 
+def with_transcript(instruction: str, text: str) -> str:
+    """The text-only cascade's prompt: the transcript stands in for the audio."""
+    return f'{instruction}\nTranscript: "{text}"'
+
+
 @lru_cache(maxsize=None)
 def load_questions() -> dict[str, list[str]]:
     """The question pool of AudioLLM-Reasoning: ``{"emotion": [...], "sentiment": [...]}``."""

@@ -134,8 +134,9 @@ def shard_loader(shard_dir: str, loader_opts: Mapping, seed: int, shuffle: bool)
     return ShardLoader(shard_dir, seed=seed, shuffle=shuffle, **dict(loader_opts))
 
 
-def run(cfg: DictConfig) -> dict:
-    """Pre-train as ``cfg.pretrain`` says (resuming from ``exp_dir``); return the last logged metrics."""
+def run(cfg: DictConfig, fingerprint: str | None = None) -> dict:
+    """Pre-train as ``cfg.pretrain`` says (resuming from ``exp_dir`` a run of the same ``fingerprint``); return
+    the last logged metrics."""
     opts = cfg.pretrain
     exp_dir = Path(opts.exp_dir)
     objective = objective_config(opts)
@@ -154,7 +155,7 @@ def run(cfg: DictConfig) -> dict:
 
     trainer_cfg = OmegaConf.merge(cfg.trainer, opts.trainer, {"exp_dir": str(exp_dir)})
     crop = round(opts.crop_seconds * SAMPLE_RATE) if opts.crop_seconds else None
-    trainer = Trainer(model, make_step_fn(labelled, crop), trainer_cfg, run_config=cfg)
+    trainer = Trainer(model, make_step_fn(labelled, crop), trainer_cfg, run_config=cfg, fingerprint=fingerprint)
 
     def update_teacher(optimizer, args, kwargs):
         # On resume, torch.distributed.checkpoint initialises the empty optimizer with a zero-lr

@@ -11,7 +11,12 @@ which target type the whole batch trains on (C²SER samples "at batch level"):
 The instruction the model reads is the target type's (local.reasoning.targets
 .TARGET_TYPES); types whose instruction is the question pool draw a question.
 The draw is seeded by (seed, step), so a resumed run draws what the
-uninterrupted one did.
+uninterrupted one did.  What the model was trained with travels with it
+(:attr:`AudioLLM.facts`, saved as ``training.yaml``): each target type's
+instruction text, whether the transcript was in the prompt, the read-out.  A
+stage that continues another's model reads them from there, so stage 7 asks
+with the very words stage 6 trained on even if a prompt file was edited since,
+and it refuses settings that contradict them.
 
 With ``kl_weight`` λ > 0 the loss is the ambiguity paper's Eq. 3,
 CE(target tokens) + λ·KL(p_gold ‖ p_model): p_gold is the utterance's soft
@@ -29,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -40,14 +46,16 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from local.data.loader import ShardLoader
+from local.data.labels import EMOTIONS
 from local.models.alm import AudioLLM, build_alm, load_alm, save_alm
 from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
-from local.reasoning.prompts import instruction, load_questions
+from local.reasoning.prompts import instruction, load_questions, with_transcript
 from local.reasoning.targets import TARGET_TYPES
-from local.train.loop import Trainer
+from local.train.loop import Trainer, TrainerConfig, planned_steps
 from local.train.rl.losses import kl_to_target
+from local.utils.digest import value_digest
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +89,12 @@ class TargetSchedule:
         return self.explicit if rng.random() < self.p_explicit(step) else self.implicit
 
 
-def instruction_for(target_type: str, rng: np.random.Generator) -> str:
-    """The text the model is asked with; the question pool gives one question per draw."""
+def instruction_for(target_type: str, rng: np.random.Generator, facts: Mapping | None = None) -> str:
+    """The text the model is asked with: the one it was trained with for this target type (``facts``), else
+    the prompt file's; the question pool gives one question per draw."""
+    known = ((facts or {}).get("targets") or {}).get(target_type)
+    if known and known.get("text"):
+        return known["text"]
     name = TARGET_TYPES[target_type].instruction
     if name == "questions":
         pool = load_questions()["emotion"]
@@ -90,9 +102,27 @@ def instruction_for(target_type: str, rng: np.random.Generator) -> str:
     return instruction(name)
 
 
-def with_transcript(instruction: str, text: str) -> str:
-    """The text-only cascade's prompt: the transcript stands in for the audio."""
-    return f'{instruction}\nTranscript: "{text}"'
+def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str]) -> dict:
+    """:attr:`AudioLLM.facts` for a stage training ``types``: a fresh model takes the stage's settings, a
+    continued one keeps its own, and a stage setting that contradicts them is an error naming the key."""
+    facts = dict(model.facts)
+    own = {"transcript_in_prompt": bool(stage.get("transcript_in_prompt")),
+           "readout": OmegaConf.to_container(stage.readout, resolve=True) if stage.get("readout") else None}
+    for key, value in own.items():
+        if key not in facts:
+            facts[key] = value
+        elif stage.get(key) is not None and value != facts[key]:
+            raise ValueError(f"{key} is {value} for this stage, but the model it continues from was trained with "
+                             f"{facts[key]}: a stage cannot change how its model reads its input; leave the "
+                             "key at its default (it follows the model) or retrain from scratch")
+    facts.setdefault("labels", list((facts.get("readout") or {}).get("labels") or EMOTIONS))
+    targets = dict(facts.get("targets") or {})
+    for t in types:
+        if t not in targets:
+            name = TARGET_TYPES[t].instruction
+            targets[t] = {"instruction": name, "text": None if name == "questions" else instruction(name)}
+    facts["targets"] = targets
+    return facts
 
 
 def select_rows(batch: Mapping, rows: Sequence[int]) -> dict:
@@ -111,7 +141,8 @@ def select_rows(batch: Mapping, rows: Sequence[int]) -> dict:
     return out
 
 
-def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transcript: bool = False) -> dict | None:
+def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transcript: bool = False,
+              facts: Mapping | None = None) -> dict | None:
     """Add "prompts" and "responses" for ``target_type``; None if no utterance has that target."""
     rng = np.random.default_rng([seed, step, 1])
     rows, responses = [], []
@@ -123,8 +154,13 @@ def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transc
     if not rows:
         return None
     out = select_rows(batch, rows) if len(rows) < len(batch["targets"]) else dict(batch)
-    prompts = [instruction_for(target_type, rng) for _ in rows]
+    prompts = [instruction_for(target_type, rng, facts) for _ in rows]
     if transcript:
+        missing = [u for u, m in zip(out.get("utts") or [m.get("utt") for m in out["meta"]], out["meta"])
+                   if not m.get("text")]
+        if missing:
+            raise ValueError(f"the prompt carries the transcript (transcript_in_prompt), and {missing[:3]} have none "
+                             "(their data dir's text table)")
         prompts = [with_transcript(p, m["text"]) for p, m in zip(prompts, out["meta"])]
     out["prompts"], out["responses"] = prompts, responses
     return out
@@ -165,15 +201,17 @@ def tokenizer_texts(targets_path: Path) -> list[str]:
 
 
 def make_tokenizer(cfg: DictConfig, stage: DictConfig):
-    """The LLM's own tokenizer, or (tiny random LM) one trained on the train targets, kept in the exp dir."""
+    """The LLM's own tokenizer, or (tiny random LM) one trained on the train targets, kept in the exp dir
+    under a name that is the digest of what it is trained from, so other targets get another tokenizer."""
     llm = cfg.model.llm
     if llm.get("name_or_path") or llm.get("tokenizer"):
         return None
-    path = Path(stage.exp_dir).parent / "tokenizer"
+    texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl")
+    path = Path(stage.exp_dir).parent / f"tokenizer_{value_digest([texts, stage.tokenizer_vocab])[:12]}"
     if not (path / "tokenizer.json").exists():
-        tok = train_tokenizer(tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl"),
-                              vocab_size=stage.tokenizer_vocab)
-        tmp = path.with_name(".tokenizer.tmp")
+        tok = train_tokenizer(texts, vocab_size=stage.tokenizer_vocab)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         tok.save_pretrained(tmp)
         tmp.rename(path)
     return AutoTokenizer.from_pretrained(path)
@@ -212,24 +250,29 @@ def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
             for split in (cfg.train_set, cfg.dev_set)), speakers=True)
 
 
-def run(cfg: DictConfig, stage: DictConfig) -> Path:
-    """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir."""
+def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> Path:
+    """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir.  ``fingerprint``
+    (the stage's, local/bin/stages.py) decides whether a checkpoint of an earlier run may be resumed."""
     exp_dir = Path(stage.exp_dir)
     model_dir = exp_dir / "model"
     if stage.get("init_from"):
         model = load_alm(stage.init_from)
     else:
         model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
+    model.facts = training_facts(model, stage, (stage.explicit, stage.implicit))
+    facts = model.facts
     train, valid = shard_loaders(model, cfg, stage.batch_size)
     fit_feature_norm(model, cfg, stage)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
-    total = trainer_cfg.max_steps or trainer_cfg.max_epochs * len(train)
+    total = planned_steps(TrainerConfig.from_config(trainer_cfg), train)  # the steps the trainer will take
     schedule = TargetSchedule(stage.schedule, stage.explicit, stage.implicit, total, cfg.seed)
-    transcript = bool(stage.get("transcript_in_prompt"))
+    transcript = facts["transcript_in_prompt"]
     kl_weight = float(stage.get("kl_weight") or 0.0)
     net = model
     if kl_weight:
-        net = ReadoutSFT(model, Readout(model.tokenizer, **OmegaConf.to_container(stage.readout, resolve=True)))
+        if not facts.get("readout"):
+            raise ValueError("kl_weight > 0 needs a readout (sft.readout): the KL is on the read-out distribution")
+        net = ReadoutSFT(model, Readout(model.tokenizer, **facts["readout"]))
         log.info("loss = CE + %g * KL(soft label || read-out of %s after %r)", kl_weight,
                  ", ".join(net.readout.labels), net.readout.answer_prefix)
 
@@ -238,21 +281,23 @@ def run(cfg: DictConfig, stage: DictConfig) -> Path:
     def step_fn(m, batch):
         step = trainer.step if trainer is not None else 0
         target_type = schedule.pick(step)
-        batch = sft_batch(batch, target_type, step, cfg.seed, transcript)
+        batch = sft_batch(batch, target_type, step, cfg.seed, transcript, facts)
         loss, logs = sft_loss(m, batch, kl_weight)
         return loss, {"p_explicit": schedule.p_explicit(step), **logs}
 
     def valid_fn(m, loader):
         out = {}
         for t in dict.fromkeys((stage.explicit, stage.implicit)):
-            terms = [sft_loss(m, b, kl_weight) for b in (sft_batch(b, t, 0, cfg.seed, transcript) for b in loader) if b]
+            terms = [sft_loss(m, b, kl_weight)
+                     for b in (sft_batch(b, t, 0, cfg.seed, transcript, facts) for b in loader) if b]
             out[f"loss_{t}"] = float(np.mean([float(loss) for loss, _ in terms]))
             for k in terms[0][1] if terms else ():
                 out[f"{k}_{t}"] = float(np.mean([float(logs[k]) for _, logs in terms]))
         out["loss"] = float(np.mean([v for k, v in out.items() if k.startswith("loss_")]))
         return out
 
-    trainer = Trainer(net, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = Trainer(net, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True),
+                      fingerprint=fingerprint)
     trainer.fit(train, valid, valid_fn)
     save_alm(trainer.module.alm if kl_weight else trainer.module, model_dir)
     log.info("saved %s", model_dir)

@@ -211,13 +211,13 @@ def test_dr_sapo_with_the_offline_judge_scores_both_routes(recipe):
 @pytest.mark.parametrize("system, baselines", [("c2ser", ["text_only", "no_whisper", "no_e2v", "no_cot"]),
                                                ("ambiguity", ["sft_only", "ce_only", "dpo", "grpo"]),
                                                ("cogaudio", ["before_rl"])])
-@pytest.mark.parametrize("suffix", ["", "_mini"])
-def test_every_system_and_baseline_config_composes_and_resolves(system, baselines, suffix):
-    """What run.sh asks for: experiment/<system><suffix> with each of its baselines (run.sh's --baselines auto)."""
-    recipe = ROOT / "egs" / "mini_lime" / "conf" if suffix else None
+@pytest.mark.parametrize("recipe", [None, "mini_lime"])
+def test_every_system_and_baseline_config_composes_and_resolves(system, baselines, recipe):
+    """What run.sh asks for: experiment/<system> (and the recipe's sizes) with each of its baselines."""
+    recipe_conf = ROOT / "egs" / "mini_lime" / "conf" if recipe else None
     for baseline in [None, *baselines]:
-        cfg = compose([f"experiment={system}{suffix}", "corpus=mini_lime" if suffix else "corpus=default"]
-                      + ([f"baseline={baseline}"] if baseline else []), recipe_conf=recipe)
+        cfg = compose([f"experiment={system}", f"recipe={recipe}" if recipe else "corpus=default"]
+                      + ([f"baseline={baseline}"] if baseline else []), recipe_conf=recipe_conf)
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
         assert cfg.system == system and cfg.exp_name == (f"{system}_{baseline}" if baseline else system)
         if cfg.rl.enabled:

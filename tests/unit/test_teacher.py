@@ -142,11 +142,20 @@ def test_offline_formats(label, lang, text):
         assert check_target(request, teacher.generate([request])[0]) is None, t
 
 
+def test_the_offline_teachers_seed_draws_other_phrasings_reproducibly():
+    """teacher.seed is a real teacher setting: another seed gives other (valid) targets, the same seed the same."""
+    requests = [offline_request(t, utt=f"spk1-utt{i:03d}") for t in ("c2ser_explicit", "eips") for i in range(20)]
+    base, other = OfflineTeacher().generate(requests), OfflineTeacher(seed=3).generate(requests)
+    assert other == OfflineTeacher(seed=3).generate(requests) and sum(a != b for a, b in zip(base, other)) >= 10
+    assert all(check_target(r, a) is None for r, a in zip(requests, other))
+    assert OfflineTeacher(seed=3).cache_key(requests[0]) != OfflineTeacher().cache_key(requests[0])
+
+
 def test_offline_fails_a_request_with_a_bad_attribute_level_and_rejects_options():
     bad = offline_request("c2ser_explicit")
     bad.attrs["rate"] = "Loud"
     assert OfflineTeacher().generate([bad, offline_request("eips")])[0] is None
-    with pytest.raises(ValueError, match="takes no options"):
+    with pytest.raises(ValueError, match="takes one option, seed"):
         build_teacher({"backend": "offline", "model": "x"})
 
 

@@ -45,13 +45,14 @@ from omegaconf import DictConfig, OmegaConf
 from local.eval.judge import JudgeItem, normalise
 from local.eval.metrics import js_divergence
 from local.models.alm import AudioLLM, batch_speakers, load_alm, save_alm
+from local.utils.paths import rl_start_model
 from local.models.readout import Readout, gold_distributions
 from local.reasoning.targets import TARGET_TYPES
 from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
 from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
-from local.train.sft import fit_feature_norm, instruction_for, select_rows, shard_loaders
+from local.train.sft import fit_feature_norm, instruction_for, select_rows, shard_loaders, training_facts
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,11 @@ class PolicyOptimisation:
         for t in (stage.target, stage.get("route_b")):
             if t is not None and t not in TARGET_TYPES:
                 raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
-        self.readout = Readout(model.tokenizer, **OmegaConf.to_container(stage.readout, resolve=True))
+        if not model.facts.get("readout"):
+            raise ValueError("stage 8 reads the class-name distribution, and the model it starts from was trained "
+                             "without a read-out (sft.readout)")
+        self.readout = Readout(model.tokenizer, **model.facts["readout"])
+        self.facts = model.facts
         self.reference = Reference(model)
         self.gen_kwargs = {"do_sample": True, **OmegaConf.to_container(stage.sampling, resolve=True)}
         self.counts: Counter = Counter()
@@ -167,7 +172,7 @@ class PolicyOptimisation:
     def prompts(self, routes: Sequence[str]) -> list[str]:
         rng = np.random.default_rng([self.cfg.seed, self.step, 1])
         types = {"A": self.stage.target, "B": self.stage.get("route_b")}
-        return [instruction_for(types[r], rng) for r in routes]
+        return [instruction_for(types[r], rng, self.facts) for r in routes]
 
     def gold_dists(self, batch: Mapping) -> torch.Tensor:
         return gold_distributions(batch, self.readout.labels).float().cpu()
@@ -346,7 +351,7 @@ class PolicyOptimisation:
                 else ["A"] * n
             types = {"A": self.stage.target, "B": self.stage.get("route_b")}
             rng = np.random.default_rng([self.cfg.seed, b, 3])
-            prompts = [instruction_for(types[r], rng) for r in routes]
+            prompts = [instruction_for(types[r], rng, self.facts) for r in routes]
             texts = sample(module, batch, prompts, greedy)
             gold = self.gold_dists(batch)
             if self.reward_kind == "distribution":
@@ -368,25 +373,24 @@ class PolicyOptimisation:
 
 # --- what the stage runs ------------------------------------------------------------------
 
-def start_model(cfg: DictConfig, stage: DictConfig) -> Path:
-    if stage.get("init_from"):
-        return Path(stage.init_from)
-    return Path(cfg.distill.exp_dir if cfg.distill.enabled else cfg.sft.exp_dir) / "model"
-
-
-def run(cfg: DictConfig, judge=None) -> Path:
-    """Train stage 8; return the saved model dir.  ``summary.json`` holds the dev reward before and after."""
+def run(cfg: DictConfig, judge=None, fingerprint: str | None = None) -> Path:
+    """Train stage 8; return the saved model dir.  ``summary.json`` holds the dev reward before and after, for
+    the run of this ``fingerprint`` (the stage's, local/bin/stages.py: its checkpoints are resumed only under it)."""
     stage = cfg.rl
     exp_dir = Path(stage.exp_dir)
-    model = load_alm(start_model(cfg, stage))
+    model = load_alm(rl_start_model(cfg))
+    model.facts = training_facts(model, stage, [t for t in (stage.target, stage.get("route_b")) if t])
     train, valid = shard_loaders(model, cfg, stage.batch_size)
     fit_feature_norm(model, cfg, stage)
     algo = PolicyOptimisation(cfg, stage, model, judge)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
-    trainer = Trainer(model, algo.step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = Trainer(model, algo.step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True),
+                      fingerprint=fingerprint)
     algo.trainer = trainer
     summary_path = exp_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("fingerprint") != trainer.fingerprint:  # another run's numbers
+        summary = {"fingerprint": trainer.fingerprint}
     if "before" not in summary:
         summary["before"] = algo.evaluate(trainer.model, valid)
         exp_dir.mkdir(parents=True, exist_ok=True)
