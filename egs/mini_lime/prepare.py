@@ -1,12 +1,17 @@
 """Stage 0 of mini_lime: synthesise the corpus and write data/{train,dev,test}.
 
-Every text of conf/texts.tsv is rendered in every emotion × intensity by every
-speaker of conf/corpus/mini_lime.yaml.  The split holds out both speakers and
-texts, so a model that memorised words or voices cannot pass the test set:
+Each text of conf/texts.tsv is rendered in every emotion × intensity by the
+speakers of conf/corpus/mini_lime.yaml that read it.  The split holds out both
+speakers and texts, so a model that memorised words or voices cannot pass the
+test set, and dev, which picks checkpoints and settings, asks the same of them:
 
     train: train speakers × train texts
-    dev:   train speakers × heldout texts   (unseen words)
-    test:  test speakers  × all texts       (unseen voices; heldout texts unseen too)
+    dev:   dev speakers   × all texts       (unseen voices; heldout texts unseen too)
+    test:  test speakers  × all texts       (the same, with two other unseen voices)
+
+A dev set of the train speakers would reward what fits their voices, which
+is exactly what does not carry over to the test speakers.  Train speakers do
+not read the heldout texts: those are heard with unseen voices only.
 
 Run from egs/mini_lime (run.sh does):  python prepare.py [hydra overrides]
 """
@@ -34,16 +39,29 @@ def read_texts(path: str) -> list[dict]:
     return list(csv.DictReader(rows, delimiter="\t"))
 
 
+SPLITS = ("train", "dev", "test")
+TEXT_SPLITS = ("train", "heldout")
+
+
 def plan(corpus: DictConfig) -> list[Rendering]:
     """Every utterance of the corpus with its labels, decided before any audio exists."""
+    for spk, s in corpus.speakers.items():
+        if s.split not in SPLITS:
+            raise ValueError(f"corpus.speakers.{spk}.split is '{s.split}', not one of {', '.join(SPLITS)}")
+    texts = read_texts(corpus.texts)
+    for t in texts:
+        if t["split"] not in TEXT_SPLITS:
+            raise ValueError(f"{corpus.texts}: text '{t['id']}' has split '{t['split']}', "
+                             f"not one of {', '.join(TEXT_SPLITS)}")
     voices = {spk: Voice(spk=spk, voices={"en": f"{s.en}+{s.variant}", "cmn": f"cmn-latn-pinyin+{s.variant}"},
                          pitch_base=s.pitch, speed_wpm=s.speed)
               for spk, s in corpus.speakers.items()}
     renderings = []
     for spk, voice in voices.items():
-        for t in read_texts(corpus.texts):
-            split = {("train", "train"): "train", ("train", "heldout"): "dev"}.get(
-                (corpus.speakers[spk].split, t["split"]), "test")
+        split = corpus.speakers[spk].split
+        for t in texts:
+            if split == "train" and t["split"] != "train":
+                continue  # heldout texts are heard with unseen voices only
             for emotion in corpus.emotions:
                 for intensity in corpus.intensities:
                     utt = f"{spk}-{t['id']}-{emotion}-{intensity}"
@@ -69,9 +87,9 @@ def main(cfg: DictConfig) -> None:
     renderings = plan(corpus)
     start = time.time()
     audio = synthesize_all(renderings, EspeakEngine(), Path(corpus.db) / "wav", nj=cfg.nj)
-    log.info("synthesised %d utterances in %.1f s (nj=%d)", len(renderings), time.time() - start, cfg.nj)
+    log.info("audio of %d utterances ready in %.1f s (nj=%d)", len(renderings), time.time() - start, cfg.nj)
 
-    for split in ("train", "dev", "test"):
+    for split in SPLITS:
         data = DataDir({name: {} for name in ("wav.scp", "utt2spk", "text", "utt2emo", "utt2dist",
                                               "utt2lang", "utt2dur", "utt2int", "utt2subset")})
         for r in renderings:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from local.bin.stages import stage_run
 from local.data.format import format_data_dir
 from local.data.kaldi import validate_data_dir
 from local.data.labels import EMOTIONS, load_label_map
@@ -14,13 +15,24 @@ log = logging.getLogger("format")
 
 @entry_point
 def main(cfg: DictConfig) -> None:
+    with stage_run(cfg, "format") as stage:
+        format_sets(stage.cfg)
+
+
+def format_sets(cfg: DictConfig) -> None:
     label_map = load_label_map(cfg.corpus.label_map)
-    for name in [cfg.train_set, cfg.dev_set, *cfg.test_sets]:
+    filtered = {cfg.train_set, cfg.dev_set}  # ESPnet's rule: train and dev are filtered, test sets never
+    lo, hi = cfg.format.min_dur, cfg.format.max_dur
+    for name in dict.fromkeys([cfg.train_set, cfg.dev_set, *cfg.test_sets]):
         path = Path(cfg.data_root) / name
-        data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, label_map,
-                               cfg.format.min_dur, cfg.format.max_dur, nj=cfg.nj)
+        data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, label_map, lo, hi,
+                               nj=cfg.nj, filter_duration=name in filtered)
         validate_data_dir(path, labels=EMOTIONS)
         log.info("%s: %d utterances kept, %d rejected (%s/rejected)", path, len(data), len(data.rejected), path)
+        if name not in filtered:
+            outside = sum(not lo <= float(d) <= hi for d in data["utt2dur"].values())
+            log.info("%s: test set, not duration-filtered: %d utterances kept outside [%s, %s] s",
+                     path, outside, lo, hi)
         for utt, reason in list(data.rejected.items())[:5]:
             log.info("  rejected %s: %s", utt, reason)
 

@@ -1,6 +1,10 @@
 """Print what the data stages produced, as a table: the "results" of stages 0-4.
 
   python -m local.bin.summary --data_root data --dump_root dump train dev test
+
+"unmeasured" counts the utterances a test set kept although stage 2 could not
+measure all their attributes (an ``unknown`` level), per attribute: those are
+scored, but get no target type that states the missing level.
 """
 import argparse
 import json
@@ -10,6 +14,8 @@ from pathlib import Path
 
 from local.data.kaldi import DataDir, parse_kv
 from local.data.labels import EMOTIONS
+
+UNKNOWN = "unknown"  # stage 2's level of what it could not measure (local.data.attributes.UNKNOWN, without torch)
 
 
 def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
@@ -25,7 +31,10 @@ def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
         if tpath.exists():
             with open(tpath, encoding="utf-8") as f:
                 targets.update(json.loads(line)["type"] for line in f)
-        levels = Counter(parse_kv(v).get("pitch", "?") for v in data.tables.get("utt2attr", {}).values())
+        attrs = [parse_kv(v) for v in data.tables.get("utt2attr", {}).values()]
+        levels = Counter(a.get("pitch", "?") for a in attrs)
+        unknown = Counter(k for a in attrs for k, v in a.items() if v == UNKNOWN)
+        unmeasured = sum(UNKNOWN in a.values() for a in attrs)
         manifest = dump_root / name / "shards" / "manifest.json"
         shards = len(json.loads(manifest.read_text())["shards"]) if manifest.exists() else 0
         rows.append([
@@ -34,12 +43,14 @@ def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
             " ".join(str(emo.get(e, 0)) for e in EMOTIONS),
             " ".join(f"{k}:{v}" for k, v in sorted(sub.items())) or "-",
             " ".join(f"{k}:{v}" for k, v in sorted(lang.items())) or "-",
-            " ".join(f"{k}:{levels[k]}" for k in ("Low", "Medium", "High") if levels[k]) or "-",
+            " ".join(f"{k}:{levels[k]}" for k in ("Low", "Medium", "High", UNKNOWN) if levels[k]) or "-",
+            f"{unmeasured} (" + " ".join(f"{k}:{n}" for k, n in sorted(unknown.items())) + ")" if unmeasured
+            else "0" if attrs else "-",
             f"{len(targets)} types, {sum(targets.values())}" if targets else "-",
             str(shards),
         ])
     header = ["set", "utts", "rejected", "hours", "spk", "texts", "per label (" + " ".join(e[:3] for e in EMOTIONS) + ")",
-              "subsets", "lang", "pitch levels", "targets", "shards"]
+              "subsets", "lang", "pitch levels", "unmeasured", "targets", "shards"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)

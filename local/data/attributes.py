@@ -20,11 +20,18 @@ of its utterance (or below one 16-bit LSB) is silence.  The same rule trims
 the edges for the rate and keeps background hum out of the pitch.
 
 An utterance whose pitch or rate cannot be measured (no voiced frames, an
-empty transcript, nothing above the silence floor) is rejected with the
-reason rather than given a guessed level: a "Medium" that was never measured
-would put a false statement into the reasoning text the model learns from.
-Loudness is the exception: a clip below BS.1770's -70 LUFS absolute gate
-(digital silence included) gets -inf, i.e. certainly Low, and is logged.
+empty transcript, nothing above the silence floor, no espeak-ng voice for its
+language) is rejected from train and dev sets with the reason rather than
+given a guessed level: a "Medium" that was never measured would put a false
+statement into the reasoning text the model learns from.  A test set keeps
+it, since a score must cover every utterance a model can be given (ESPnet
+never filters test sets): its utt2attr line says ``unknown`` for each level
+that could not be measured and ``nan`` for the raw value, e.g.
+``pitch=unknown pitch_range=unknown loudness=Low rate=Medium f0_hz=nan
+f0_range_st=nan lufs=-63.2 phones_per_sec=11.8``, so every consumer can tell
+a measurement from a gap.  Loudness is never unknown: a clip below BS.1770's
+-70 LUFS absolute gate (digital silence included) gets -inf, i.e. certainly
+Low, and is logged.
 """
 from __future__ import annotations
 
@@ -54,6 +61,7 @@ logger = logging.getLogger(__name__)
 # Binned attribute -> the raw value it is binned from, in utt2attr order.
 ATTRIBUTES = {"pitch": "f0_hz", "pitch_range": "f0_range_st", "loudness": "lufs", "rate": "phones_per_sec"}
 LEVELS = ("Low", "Medium", "High")
+UNKNOWN = "unknown"  # the level of what could not be measured; only test sets keep such utterances
 STATS_FILE = "attr_stats.json"
 
 ENERGY_WIN_S = 0.025       # the usual 25 ms speech analysis frame, for frame levels
@@ -316,20 +324,24 @@ class PhoneCounter:
 
 # --- one utterance ---------------------------------------------------------------
 
-def measure(wav: np.ndarray, sr: int, n_phones: int, tracker: PitchTracker,
+def measure(wav: np.ndarray, sr: int, n_phones: int | None, tracker: PitchTracker,
             settings: AttributeSettings) -> tuple[dict[str, float], list[str]]:
-    """Raw attribute values and, for each one that cannot be measured, why."""
+    """Raw attribute values (NaN where unmeasurable) and, for each one that cannot be measured, why.
+
+    ``n_phones=None``: the phones could not be counted (the caller knows why
+    and says so); the rate is NaN and the rest is still measured.
+    """
     f0, voiced = tracker(wav, sr)
     f0_hz, f0_range = pitch_summary(f0, voiced, settings.min_voiced_frames)
     duration = speech_duration(wav, sr, round(settings.hop_s * sr), settings.silence_db)
-    rate = n_phones / duration if n_phones > 0 and duration > 0 else math.nan
+    rate = n_phones / duration if n_phones and duration > 0 else math.nan
     problems = []
     if math.isnan(f0_hz):
         problems.append(f"pitch unmeasurable: {int(voiced.sum())} voiced frames, "
                         f"attributes.min_voiced_frames={settings.min_voiced_frames}")
     if n_phones == 0:
         problems.append("rate unmeasurable: the transcript has no phones")
-    elif duration == 0:
+    elif n_phones is not None and duration == 0:
         problems.append("rate unmeasurable: no frame above digital silence")
     values = {"f0_hz": f0_hz, "f0_range_st": f0_range, "lufs": loudness_lufs(wav, sr), "phones_per_sec": rate}
     return values, problems
@@ -367,39 +379,58 @@ def _run_jobs(jobs: list[tuple], settings: AttributeSettings, nj: int) -> list:
 
 
 def _audio_sources(data: DataDir) -> dict[str, tuple[str, float, float | None]]:
-    """utt -> (wav.scp entry, start, end), honouring a segments file."""
+    """utt -> (wav.scp entry, start, end), honouring a segments file.
+
+    Stage 1 cuts segments into files of their own, so a segments file here was
+    not formatted; an utterance without audio is rejected, whatever the set.
+    """
     wav_scp, segments = data["wav.scp"], data.get("segments")
     if not segments:
         return {utt: (wav_scp[utt], 0.0, None) for utt in data.utts}
     sources = {}
     for utt in data.utts:
+        if utt not in segments:
+            data.reject(utt, "attributes: no line in segments; wav.scp is keyed by recording")
+            continue
         reco, start, end = segments[utt].split()
         sources[utt] = (wav_scp[reco], float(start), float(end))
     return sources
 
 
 def measure_data_dir(data: DataDir, settings: AttributeSettings, counter: PhoneCounter,
-                     default_lang: str, nj: int = 1) -> dict[str, dict[str, float]]:
-    """Raw attributes per utterance; an utterance that cannot be measured is rejected from ``data``."""
+                     default_lang: str, nj: int = 1,
+                     keep_unmeasurable: bool = False) -> dict[str, dict[str, float]]:
+    """Raw attributes per utterance; an utterance that cannot be measured is rejected from ``data``.
+
+    ``keep_unmeasurable`` (test sets) keeps it instead, with NaN for what
+    could not be measured, and logs why.  Unreadable audio is rejected either way.
+    """
     langs = data.get("utt2lang") or {}
     texts = data["text"]
-    pairs = {}
+    pairs, no_voice = {}, {}
     for utt in data.utts:
         lang = langs.get(utt, default_lang)
         if lang in settings.voices:
             pairs[utt] = (lang, texts[utt])
+            continue
+        reason = f"no espeak-ng voice for language '{lang}' (add it to attributes.voices)"
+        if keep_unmeasurable:
+            no_voice[utt] = f"rate unmeasurable: {reason}"
         else:
-            data.reject(utt, f"attributes: no espeak-ng voice for language '{lang}' "
-                             "(add it to attributes.voices)")
+            data.reject(utt, f"attributes: {reason}")
     counts = counter.count(pairs.values())
     sources = _audio_sources(data)
-    jobs = [(utt, *sources[utt], counts[pairs[utt]]) for utt in pairs]
+    jobs = [(utt, *sources[utt], counts[pairs[utt]] if utt in pairs else None) for utt in data.utts]
     raw = {}
     for job, (values, problems) in zip(jobs, _run_jobs(jobs, settings, nj)):
         utt = job[0]
-        if problems:
+        problems = [no_voice[utt], *problems] if utt in no_voice else problems
+        if problems and (values is None or not keep_unmeasurable):
             data.reject(utt, "attributes: " + "; ".join(problems))
             continue
+        if problems:
+            logger.warning("%s: kept with unmeasured attributes (a test set is not filtered): %s",
+                           utt, "; ".join(problems))
         if values["lufs"] == -math.inf:
             logger.warning("%s: below the -70 LUFS gate (silent?); loudness binned Low", utt)
         raw[utt] = values
@@ -428,7 +459,7 @@ def attribute_stats(raw: Iterable[Mapping[str, float]]) -> dict[str, dict]:
 def level(value: float, mean: float, std: float) -> str:
     """Low below μ-σ, High above μ+σ, Medium in between (bounds included)."""
     if math.isnan(value):
-        raise ValueError("cannot bin NaN: an unmeasurable utterance must be rejected, not binned")
+        raise ValueError("cannot bin NaN: an unmeasured value has no level (bin_attributes calls it unknown)")
     if value < mean - std:
         return "Low"
     if value > mean + std:
@@ -437,8 +468,9 @@ def level(value: float, mean: float, std: float) -> str:
 
 
 def bin_attributes(values: Mapping[str, float], stats: Mapping[str, dict]) -> dict[str, object]:
-    """The utt2attr fields: the levels first, then the raw values they come from."""
-    levels = {attr: level(values[key], stats[attr]["mean"], stats[attr]["std"])
+    """The utt2attr fields: the levels first, then the raw values they come from (NaN -> unknown)."""
+    levels = {attr: UNKNOWN if math.isnan(values[key]) else level(values[key], stats[attr]["mean"],
+                                                                   stats[attr]["std"])
               for attr, key in ATTRIBUTES.items()}
     return {**levels, **{key: float(values[key]) for key in ATTRIBUTES.values()}}
 
@@ -463,42 +495,53 @@ class SetSummary:
     kept: int
     rejected: int  # by this stage
     levels: dict[str, Counter]
+    unmeasured: int = 0  # kept with some level unknown (test sets), which train / dev would reject
 
     def __str__(self) -> str:
         counts = ", ".join(f"{attr} " + "/".join(str(self.levels[attr][lv]) for lv in LEVELS)
+                           + (f" (+{self.levels[attr][UNKNOWN]} {UNKNOWN})" if self.levels[attr][UNKNOWN] else "")
                            for attr in ATTRIBUTES)
-        return f"{self.kept} utts, {self.rejected} rejected; Low/Medium/High: {counts}"
+        kept = (f", {self.unmeasured} kept with unmeasured attributes (test set, not filtered)"
+                if self.unmeasured else "")
+        return f"{self.kept} utts, {self.rejected} rejected{kept}; Low/Medium/High: {counts}"
 
 
 def add_attributes(data_root: Path | str, train_set: str, other_sets: Iterable[str],
                    settings: AttributeSettings, default_lang: str = "en",
-                   nj: int = 1) -> dict[str, SetSummary]:
+                   nj: int = 1, test_sets: Iterable[str] = ()) -> dict[str, SetSummary]:
     """Measure every set, take μ/σ from the train set only, write utt2attr everywhere.
 
+    ``test_sets`` (measured too, whether or not in ``other_sets``) keep their
+    unmeasurable utterances with ``unknown`` levels; the others reject them.
     Re-running gives the same result: the statistics come from the train
     utterances that were kept, and those are exactly what a re-run reads.
     """
     data_root = Path(data_root)
+    test_sets = list(dict.fromkeys(test_sets))
+    if train_set in test_sets:
+        raise ValueError(f"'{train_set}' is the train set and cannot be a test set: its μ and σ must come "
+                         "from measured utterances only")
     counter = PhoneCounter(settings.voices)
-    data, raw, rejected = _measure_set(data_root / train_set, settings, counter, default_lang, nj)
+    data, raw, rejected = _measure_set(data_root / train_set, settings, counter, default_lang, nj, False)
     stats = attribute_stats(raw.values())
     write_stats(data_root / train_set / STATS_FILE, stats, train_set=train_set, **asdict(settings))
     summaries = {train_set: _write_set(data_root / train_set, data, raw, stats, rejected)}
-    for name in dict.fromkeys(other_sets):
+    for name in dict.fromkeys([*other_sets, *test_sets]):
         if name != train_set:
-            data, raw, rejected = _measure_set(data_root / name, settings, counter, default_lang, nj)
+            data, raw, rejected = _measure_set(data_root / name, settings, counter, default_lang, nj,
+                                               name in test_sets)
             summaries[name] = _write_set(data_root / name, data, raw, stats, rejected)
     return summaries
 
 
 def _measure_set(path: Path, settings: AttributeSettings, counter: PhoneCounter, default_lang: str,
-                 nj: int) -> tuple[DataDir, dict[str, dict[str, float]], int]:
+                 nj: int, keep_unmeasurable: bool) -> tuple[DataDir, dict[str, dict[str, float]], int]:
     """(data dir, raw values, number of utterances this stage rejected)."""
     data = validate_data_dir(path, check_audio=False)
     if "text" not in data:
         raise DataDirError(path / "text", None, "is missing: the speaking rate needs transcripts")
     before = len(data.rejected)
-    raw = measure_data_dir(data, settings, counter, default_lang, nj)
+    raw = measure_data_dir(data, settings, counter, default_lang, nj, keep_unmeasurable)
     return data, raw, len(data.rejected) - before
 
 
@@ -508,4 +551,5 @@ def _write_set(path: Path, data: DataDir, raw: Mapping[str, Mapping[str, float]]
     data.tables["utt2attr"] = {utt: format_kv(fields) for utt, fields in utt2attr.items()}
     data.save(path)
     levels = {attr: Counter(fields[attr] for fields in utt2attr.values()) for attr in ATTRIBUTES}
-    return SetSummary(len(raw), rejected, levels)
+    unmeasured = sum(any(fields[attr] == UNKNOWN for attr in ATTRIBUTES) for fields in utt2attr.values())
+    return SetSummary(len(raw), rejected, levels, unmeasured)

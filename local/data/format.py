@@ -5,6 +5,13 @@ dropped silently: each utterance that cannot be kept is listed in the dir's
 ``rejected`` file with the reason (duplicate id, unknown label, unreadable or
 empty audio, too long ...), and the run goes on with the rest.
 
+Test sets are not duration-filtered (ESPnet filters train and dev only): a
+score must cover every utterance of a test set a model can be given, or two
+systems formatted with different limits would be scored on different sets.
+What cannot be read (or is a duplicate, or has an unknown label) is rejected
+everywhere, since there is nothing to keep.  The caller says which sets are
+test sets; the names of the sets mean nothing here.
+
 Audio that is not already 16 kHz mono WAV/FLAC (or is a pipe or a segment of a
 longer recording) is converted once into ``<dump_root>/audio/<set>/`` so that
 every later stage reads plain 16 kHz files.
@@ -100,29 +107,51 @@ def drop_inconsistent(data: DataDir) -> None:
                                f"'{spk}'; make prepare.py prefix utterance ids with the speaker id")
 
 
+def _parse_segment(value: str) -> tuple[str, float, float]:
+    """(reco, start, end) of a segments value; a bad line is one utterance's rejection, not the run's end."""
+    fields = value.split()
+    if len(fields) != 3:
+        raise ValueError(f"segments line '{value}' has {len(fields)} fields after the id, "
+                         "expected '<recording> <start> <end>'")
+    try:
+        start, end = float(fields[1]), float(fields[2])
+    except ValueError:
+        raise ValueError(f"segments line '{value}': start and end must be seconds") from None
+    if not 0 <= start < end:
+        raise ValueError(f"segments line '{value}': needs 0 <= start < end")
+    return fields[0], start, end
+
+
 def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
                     label_map: Mapping[str, str | None], min_dur: float, max_dur: float,
-                    nj: int = 1) -> DataDir:
-    """Repair, check and normalise one data dir; write it atomically to ``dst``."""
+                    nj: int = 1, filter_duration: bool = True) -> DataDir:
+    """Repair, check and normalise one data dir; write it atomically to ``dst``.
+
+    ``filter_duration=False`` (test sets) keeps utterances outside
+    [min_dur, max_dur]; how many were kept that way is logged.
+    """
     data = DataDir.load_lenient(src)
     drop_inconsistent(data)
     harmonise_labels(data, label_map)
 
-    segments = {}
-    if "segments" in data:
-        for utt, value in data["segments"].items():
-            reco, start, end = value.split()
-            segments[utt] = (reco, float(start), float(end))
+    segments = data.get("segments")
     jobs = []
     for utt in data.utts:
-        if utt in segments:
-            reco, start, end = segments[utt]
-            if reco not in data["wav.scp"]:
-                data.reject(utt, f"segments names recording '{reco}', which is not in wav.scp")
-                continue
-            jobs.append((utt, data["wav.scp"][reco], (start, end), f"{audio_dir}/{utt}.wav"))
-        else:
+        if segments is None:
             jobs.append((utt, data["wav.scp"][utt], None, f"{audio_dir}/{utt}.wav"))
+            continue
+        if utt not in segments:
+            data.reject(utt, "no line in segments; wav.scp is keyed by recording")
+            continue
+        try:
+            reco, start, end = _parse_segment(segments[utt])
+        except ValueError as e:
+            data.reject(utt, str(e))
+            continue
+        if reco not in data["wav.scp"]:
+            data.reject(utt, f"segments names recording '{reco}', which is not in wav.scp")
+            continue
+        jobs.append((utt, data["wav.scp"][reco], (start, end), f"{audio_dir}/{utt}.wav"))
     if nj > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(nj) as pool:
             results = list(pool.map(_check_audio, jobs, chunksize=32))
@@ -130,15 +159,26 @@ def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
         results = [_check_audio(job) for job in jobs]
 
     wav_scp, utt2dur = {}, {}
+    kept_outside = []  # test utterances the duration filter would have rejected
     for utt, spec, dur, error in results:
         if error:
             data.reject(utt, error)
-        elif dur < min_dur:
-            data.reject(utt, f"duration {dur:.2f} s is shorter than min_dur {min_dur} s")
+            continue
+        if dur < min_dur:
+            problem = f"duration {dur:.2f} s is shorter than min_dur {min_dur} s"
         elif dur > max_dur:
-            data.reject(utt, f"duration {dur:.2f} s is longer than max_dur {max_dur} s")
+            problem = f"duration {dur:.2f} s is longer than max_dur {max_dur} s"
         else:
-            wav_scp[utt], utt2dur[utt] = spec, f"{dur:.3f}"
+            problem = None
+        if problem and filter_duration:
+            data.reject(utt, problem)
+            continue
+        if problem:
+            kept_outside.append((utt, problem))
+        wav_scp[utt], utt2dur[utt] = spec, f"{dur:.3f}"
+    if kept_outside:
+        log.warning("%s: kept %d utterances outside [min_dur, max_dur] = [%s, %s] s, since test sets are "
+                    "not filtered (e.g. %s: %s)", src, len(kept_outside), min_dur, max_dur, *kept_outside[0])
     data.tables.pop("segments", None)  # every segment is a file of its own now
     data["wav.scp"] = {u: wav_scp[u] for u in data.utts}
     data["utt2dur"] = {u: utt2dur[u] for u in data.utts}

@@ -121,6 +121,14 @@ def fingerprint(data_dir: Path | str, targets_path: Path | str | None, options: 
 
 
 def _number_or_str(value: str) -> float | str:
+    """An utt2attr value as JSON metadata: raw values as numbers, levels as strings.
+
+    A test set keeps utterances stage 2 could not measure (``pitch=unknown
+    f0_hz=nan``) and a silent clip has ``lufs=-inf``: those stay a float NaN /
+    -inf, which Python's json writes as ``NaN`` / ``-Infinity`` and the loader's
+    ``json.loads`` reads back as the same floats (so ``math.isnan`` still tells
+    a gap from a measurement), and ``unknown`` stays a string level.
+    """
     try:
         return float(value)
     except ValueError:

@@ -9,11 +9,20 @@ Banse & Scherer (1996) and Scherer (2003) (see ``EMOTION_PROSODY``), scaled by
 intensity, with per-utterance jitter so that classes overlap as in real speech.
 
 TTS engines plug in behind :class:`TTSEngine`; espeak-ng is the first.
+
+Audio files are named by a hash of everything their rendering depends on
+(:func:`rendering_key`): a changed corpus yaml (a speaker's pitch, the noise,
+the blends, the texts) or another espeak-ng gives new files and a new wav.scp,
+instead of silently reusing audio made for other settings; an unchanged
+rendering finds its file and is not synthesised again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import json
+import logging
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +36,8 @@ from tqdm import tqdm
 
 from local.data.audio import SAMPLE_RATE, write_wav
 from local.data.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
 
 # Direction of each emotion relative to the speaker's neutral voice, in units of
 # UNITS below: (F0 level, F0 range, speaking rate, loudness).
@@ -48,6 +59,12 @@ UNITS = (35.0, 55.0, 18.0, 4.0)
 INTENSITY_SCALE = {"low": 0.5, "mid": 1.0, "high": 1.6}
 INTENSITIES = tuple(INTENSITY_SCALE)
 REFERENCE_RMS = 0.05  # active-speech RMS of a neutral rendering (about -26 dBFS)
+PROSODY_JITTER = 0.25  # per-utterance spread of the prosody, in UNITS
+PAD_S = 0.15           # silence added on each side of a rendering, as a recording would have
+# Bump when render() or an engine changes what it makes in a way rendering_key cannot see (new code,
+# not new settings): every file is then synthesised anew.
+RENDER_VERSION = 1
+KEY_CHARS = 10  # hex digits of the rendering hash in a file name
 
 
 def stable_seed(*parts: object) -> int:
@@ -67,7 +84,7 @@ class Prosody:
 
 
 def emotion_prosody(emotion: str, intensity: str, rng: np.random.Generator,
-                    blend: tuple[str, float] | None = None, jitter: float = 0.25) -> Prosody:
+                    blend: tuple[str, float] | None = None, jitter: float = PROSODY_JITTER) -> Prosody:
     """Prosody of one rendering; ``blend=(other, w)`` interpolates towards another emotion."""
     direction = np.asarray(EMOTION_PROSODY[emotion])
     if blend is not None:
@@ -92,9 +109,16 @@ class Voice:
 
 
 class TTSEngine(Protocol):
-    """Anything that turns text + voice + prosody into 16 kHz mono float32 audio."""
+    """Anything that turns text + voice + prosody into 16 kHz mono float32 audio.
+
+    ``identity()`` names the engine and every setting its output depends on
+    (version, sample rate ...) as JSON-able values: it is part of each file's
+    rendering hash, so another engine or version never reuses this one's audio.
+    """
 
     def synthesize(self, text: str, lang: str, voice: Voice, prosody: Prosody) -> np.ndarray: ...
+
+    def identity(self) -> dict: ...
 
 
 def to_pinyin(text: str) -> str:
@@ -108,12 +132,30 @@ def to_pinyin(text: str) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def espeak_version(binary: str = "espeak-ng") -> str:
+    """``espeak-ng --version`` (version and data path): another build or voice data may sound different."""
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"{binary} is not installed (tools/install.sh installs espeak-ng)") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{binary} --version failed ({proc.returncode}): {proc.stderr.strip()[:200]}")
+    return " ".join(proc.stdout.split())
+
+
 @dataclass
 class EspeakEngine:
     """espeak-ng through its CLI with SSML <prosody>; one process per utterance (~20 ms)."""
 
     binary: str = "espeak-ng"
     sample_rate: int = SAMPLE_RATE
+
+    def identity(self) -> dict:
+        from importlib.metadata import version
+
+        return {"engine": "espeak-ng", "version": espeak_version(self.binary), "sample_rate": self.sample_rate,
+                "reference_rms": REFERENCE_RMS, "pypinyin": version("pypinyin"), "soxr": version("soxr")}
 
     def synthesize(self, text: str, lang: str, voice: Voice, prosody: Prosody) -> np.ndarray:
         spoken = to_pinyin(text) if lang == "cmn" else text
@@ -199,8 +241,7 @@ def render(r: Rendering, engine: TTSEngine) -> np.ndarray:
     rng = np.random.default_rng(r.seed)
     prosody = emotion_prosody(r.emotion, r.intensity, rng, blend=r.blend)
     wav = engine.synthesize(r.text, r.lang, r.voice, prosody)
-    # 150 ms of silence on each side, as a recording would have.
-    pad = np.zeros(int(0.15 * SAMPLE_RATE), dtype=np.float32)
+    pad = np.zeros(int(PAD_S * SAMPLE_RATE), dtype=np.float32)
     wav = np.concatenate([pad, wav, pad])
     if r.snr_db is not None:
         wav = mix_at_snr(wav, coloured_noise(len(wav), rng, r.noise_exponent), r.snr_db)
@@ -214,6 +255,32 @@ def lime_subset(lean: str, emotion: str) -> str:
     return "consistent" if emotion == lean else "conflict"
 
 
+def _key(r: Rendering, engine_id: dict) -> str:
+    spec = {
+        "version": RENDER_VERSION, "engine": engine_id,
+        "text": r.text, "lang": r.lang,
+        # only the voice of this language speaks; the others do not change this file
+        "voice": {"name": r.voice.voices.get(r.lang), "pitch_base": r.voice.pitch_base,
+                  "speed_wpm": r.voice.speed_wpm, "gain_db": r.voice.gain_db},
+        "emotion": r.emotion, "intensity": r.intensity, "blend": None if r.blend is None else list(r.blend),
+        "seed": r.seed, "snr_db": r.snr_db, "noise_exponent": r.noise_exponent,
+        "prosody": {"directions": EMOTION_PROSODY, "units": UNITS, "intensity_scale": INTENSITY_SCALE,
+                    "jitter": PROSODY_JITTER, "pad_s": PAD_S, "sample_rate": SAMPLE_RATE},
+    }
+    blob = json.dumps(spec, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:KEY_CHARS]
+
+
+def rendering_key(r: Rendering, engine: TTSEngine) -> str:
+    """A short hash of everything the audio of ``r`` depends on (not its id, split or labels)."""
+    return _key(r, engine.identity())
+
+
+def rendering_path(wav_dir: Path | str, r: Rendering, engine_id: dict) -> Path:
+    """``<wav_dir>/<spk>/<utt>-<key>.wav``: the id for people, the key for the audio's settings."""
+    return Path(wav_dir) / r.voice.spk / f"{r.utt}-{_key(r, engine_id)}.wav"
+
+
 def _render_to_file(job: tuple[Rendering, TTSEngine, str]) -> tuple[str, float]:
     r, engine, path = job
     wav = render(r, engine)
@@ -223,21 +290,26 @@ def _render_to_file(job: tuple[Rendering, TTSEngine, str]) -> tuple[str, float]:
 
 def synthesize_all(renderings: list[Rendering], engine: TTSEngine, wav_dir, nj: int = 1,
                    progress: bool = True) -> dict[str, tuple[str, float]]:
-    """Render every utterance to ``wav_dir/<spk>/<utt>.wav``; existing files are kept.
+    """Render every utterance to ``wav_dir/<spk>/<utt>-<key>.wav`` (:func:`rendering_path`).
 
-    Each rendering has its own seed, so the result does not depend on ``nj`` or
-    on which files a previous, interrupted run already wrote.
+    A file that exists was made from the same settings (its key says so) and
+    is reused; files of other settings are left in place, not read.  Each
+    rendering has its own seed, so the result does not depend on ``nj`` or on
+    which files a previous, interrupted run already wrote (writes are atomic).
     Returns utt -> (path, duration in seconds).
     """
+    engine_id = engine.identity()
     out: dict[str, tuple[str, float]] = {}
     todo = []
     for r in renderings:
-        path = Path(wav_dir) / r.voice.spk / f"{r.utt}.wav"
+        path = rendering_path(wav_dir, r, engine_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             out[r.utt] = (str(path.resolve()), sf.info(path).duration)
         else:
             todo.append((r, engine, str(path)))
+    log.info("%s: %d of %d renderings to synthesise, %d found (same settings)", wav_dir, len(todo),
+             len(renderings), len(renderings) - len(todo))
     bar = tqdm(total=len(todo), desc="synthesise", disable=not progress or not todo, mininterval=5)
     if nj > 1 and len(todo) > 1:
         with ProcessPoolExecutor(nj) as pool:

@@ -11,6 +11,11 @@ the audio beyond them.  Features, from ``utt2attr``:
 
 A silent clip's loudness is -inf (below the BS.1770 gate); it is replaced by
 the lowest finite train value, the nearest thing the classifier has seen.
+A test set keeps utterances whose attributes could not be measured (stage 2
+writes ``unknown`` levels and ``nan`` values): an unknown level is an
+all-zero one-hot and a nan value the train mean (0 after standardisation),
+i.e. the feature says nothing either way, and the classifier still predicts
+from what was measured, so its row covers every test utterance as a decode does.
 The classifier is scikit-learn's multinomial logistic regression with
 class-balanced weights (UA, the headline metric, weighs every class alike).
 Its predictions are written as hypothesis records like a decode's, so stage
@@ -27,7 +32,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from local.data.attributes import ATTRIBUTES, LEVELS
+from local.data.attributes import ATTRIBUTES, LEVELS, UNKNOWN
 from local.data.kaldi import DataDir, DataDirError, parse_kv
 
 log = logging.getLogger(__name__)
@@ -67,26 +72,36 @@ class AttributeBaseline:
         self.scaler = StandardScaler()
         self.floor: np.ndarray | None = None
 
-    def _matrix(self, attrs: list[dict[str, str]], path: Path) -> np.ndarray:
+    def _matrix(self, utts: list[str], attrs: list[dict[str, str]], path: Path) -> np.ndarray:
         parts = []
         if self.features in ("levels", "both"):
             onehot = np.zeros((len(attrs), len(ATTRIBUTES) * len(LEVELS)))
-            for i, fields in enumerate(attrs):
+            for i, (utt, fields) in enumerate(zip(utts, attrs)):
                 for j, attr in enumerate(ATTRIBUTES):
+                    if fields[attr] == UNKNOWN:
+                        continue
                     if fields[attr] not in LEVELS:
-                        raise DataDirError(path / "utt2attr", None,
-                                           f"{attr}={fields[attr]} is not one of {'/'.join(LEVELS)}")
+                        raise DataDirError(path / "utt2attr", None, f"utterance '{utt}': {attr}={fields[attr]} "
+                                           f"is not one of {'/'.join(LEVELS)} or {UNKNOWN}")
                     onehot[i, j * len(LEVELS) + LEVELS.index(fields[attr])] = 1.0
             parts.append(onehot)
         if self.features in ("values", "both"):
-            values = np.array([[float(f[key]) for key in ATTRIBUTES.values()] for f in attrs])
+            values = np.empty((len(attrs), len(ATTRIBUTES)))
+            for i, (utt, fields) in enumerate(zip(utts, attrs)):
+                for j, key in enumerate(ATTRIBUTES.values()):
+                    try:
+                        values[i, j] = float(fields[key])
+                    except ValueError:
+                        raise DataDirError(path / "utt2attr", None,
+                                           f"utterance '{utt}': {key}={fields[key]} is not a number") from None
+            unmeasured = np.isnan(values)
+            # -inf (silence) -> the floor; NaN stays NaN, which the scaler ignores when fitting
             if self.floor is None:  # fitting: the train set sets the floor and the scaling
-                finite = np.where(np.isfinite(values), values, np.nan)
-                self.floor = np.nanmin(finite, axis=0)
-                values = np.where(np.isfinite(values), values, self.floor)
-                parts.append(self.scaler.fit_transform(values))
+                self.floor = np.nanmin(np.where(np.isfinite(values), values, np.nan), axis=0)
+                scaled = self.scaler.fit_transform(np.where(np.isinf(values), self.floor, values))
             else:
-                parts.append(self.scaler.transform(np.where(np.isfinite(values), values, self.floor)))
+                scaled = self.scaler.transform(np.where(np.isinf(values), self.floor, values))
+            parts.append(np.where(unmeasured, 0.0, scaled))  # 0 after standardising = the train mean
         return np.hstack(parts)
 
     def fit(self, train_dir: Path | str) -> "AttributeBaseline":
@@ -99,7 +114,7 @@ class AttributeBaseline:
         if len({data["utt2emo"][u] for u in utts}) < 2:
             raise ValueError(f"{train_dir}: the attribute baseline needs at least two labels with attributes")
         self.floor = None
-        x = self._matrix([attrs[u] for u in utts], train_dir)
+        x = self._matrix(utts, [attrs[u] for u in utts], train_dir)
         self.classifier.fit(x, [data["utt2emo"][u] for u in utts])
         log.info("attribute baseline (%s): trained on %d utterances of %s", self.features, len(utts), train_dir)
         return self
@@ -112,7 +127,7 @@ class AttributeBaseline:
         utts = data.utts or sorted(data["utt2attr"])  # every utterance, so the row covers what decodes cover
         have = [u for u in utts if u in attrs]
         start = time.perf_counter()
-        predicted = self.classifier.predict(self._matrix([attrs[u] for u in have], data_dir)) if have else []
+        predicted = self.classifier.predict(self._matrix(have, [attrs[u] for u in have], data_dir)) if have else []
         seconds = time.perf_counter() - start
         label_of = dict(zip(have, predicted))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from local.data.kaldi import DataDir, DataDirError, parse_dist, parse_kv
-from local.reasoning.prompts import render
+from local.reasoning.prompts import prompt_fields, render
 from local.reasoning.teacher import Request, Teacher
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,20 @@ def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> None:
                 raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
 
 
+# Stage 2's level of an attribute it could not measure (local.data.attributes.UNKNOWN; not imported,
+# that module pulls in torch).  Only test sets keep such utterances.
+UNMEASURED = "unknown"
+
+
 def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en",
                    ) -> tuple[list[Request], list[tuple[str, str, str]]]:
-    """One request per (utterance, type), and the (utt, type, reason) of those that cannot be asked."""
+    """One request per (utterance, type), and the (utt, type, reason) of those that cannot be asked.
+
+    A type whose prompt states a level that stage 2 could not measure is not
+    asked: a teacher told the pitch is "unknown" would invent one, and the
+    target would teach the model a claim nobody measured.  Other types of the
+    same utterance are still asked.
+    """
     requests, rejected = [], []
     for utt in data.utts:
         text, label = data["text"].get(utt, "").strip(), data["utt2emo"].get(utt)
@@ -100,14 +111,22 @@ def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en"
             rejected += [(utt, t, f"bad utt2attr/utt2dist value: {e}") for t in types]
             continue
         fields = {"text": text, "label": label, "task": "emotion"}
-        levels = {"rate": attrs.get("rate"), "pitch": attrs.get("pitch"),
-                  "energy": attrs.get("loudness", attrs.get("energy"))}
-        fields.update({k: v.lower() for k, v in levels.items() if v})
+        # prompt field -> (utt2attr key, level)
+        energy = "loudness" if "loudness" in attrs else "energy"
+        levels = {"rate": ("rate", attrs.get("rate")), "pitch": ("pitch", attrs.get("pitch")),
+                  "energy": (energy, attrs.get(energy))}
+        fields.update({k: v.lower() for k, (_, v) in levels.items() if v and v != UNMEASURED})
+        unmeasured = {k: key for k, (key, v) in levels.items() if v == UNMEASURED}
         if dist:
             fields["dist"] = format_dist_line(dist)
         for t in types:
             if not text:
                 rejected.append((utt, t, "empty transcript"))
+                continue
+            needs = prompt_fields(TARGET_TYPES[t].teacher_prompt)
+            needed = sorted(key for k, key in unmeasured.items() if k in needs)
+            if needed:
+                rejected.append((utt, t, f"attributes not measurable: {', '.join(needed)}"))
                 continue
             try:
                 prompt = render(TARGET_TYPES[t].teacher_prompt, **fields)
@@ -165,43 +184,86 @@ def _argmax(dist: dict[str, float]) -> set[str]:
     return {l for l, p in dist.items() if p >= top - 1e-9}
 
 
-def check_target(request: Request, answer: str | None) -> str | None:
-    """Why a teacher answer is not a usable target, or None when it is."""
-    if answer is None or not answer.strip():
-        return "teacher gave no answer"
-    t, label = request.type, request.label
-    if t == "eips":
-        match = EIPS_FORMAT.fullmatch(answer)
+# What C²SER's explicit CoT must describe (Table I: "Ensure including all speech features"), by the
+# nouns (or, for volume, also the adjectives) a description of each uses.
+SPEECH_FEATURES = {
+    "rate": r"\b(?:pace|rate|speed|tempo)\b|语速",
+    "pitch": r"\b(?:pitch|pitched|tone)\b|音调|音高|语调",
+    "volume": r"\b(?:volume|loudness|loud|quiet|soft|energy|level)\b|音量|响度",
+}
+# The implicit teacher is asked for fewer than ten words; twice that leaves room for an LLM's
+# phrasing, while an output that goes on to describe the speech is no longer implicit.
+IMPLICIT_MAX_WORDS = 20
+LABEL_NAMING_TYPES = ("c2ser_explicit", "c2ser_implicit", "summarize", "elaborate")
+
+
+def format_problem(target_type: str, text: str | None, transcript: str | None = None) -> str | None:
+    """Why ``text`` is not in the format of ``target_type``, or None when it is.
+
+    It needs no gold label, so stage 10 asks it of a model's outputs exactly as
+    stage 3 asks it (through :func:`check_target`) of a teacher's answers: a
+    model trained on a format should write it.  ``transcript``, when known,
+    is what an ``elaborate`` output must quote; without it any quotation counts.
+    """
+    if target_type not in TARGET_TYPES:
+        raise ValueError(f"unknown target type '{target_type}' (known: {', '.join(TARGET_TYPES)})")
+    if text is None or not text.strip():
+        return "empty output"
+    if target_type == "eips":
+        match = EIPS_FORMAT.fullmatch(text)
         if not match:
             return "not <thought>...</thought><response>...</response>"
-        thought, response = match["thought"], match["response"]
         missing = [step for step, pattern in EIPS_STEPS.items()
-                   if not re.search(pattern, thought, re.IGNORECASE)]
+                   if not re.search(pattern, match["thought"], re.IGNORECASE)]
         if missing:
             return f"thought lacks the EIPS step(s) {', '.join(missing)}"
-        if not names_label(thought, label):
-            return f"thought does not name the gold label '{label}'"
-        if not response.strip():
-            return "empty response"
-        return None
-    if t == "direct_response":
-        return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", answer) else None
-    if t == "ambiguity_cot":
-        missing = [s for s in AMBIGUITY_STEPS if s.lower() not in answer.lower()]
+        return None if match["response"].strip() else "empty response"
+    if target_type == "direct_response":
+        return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", text) else None
+    if target_type == "ambiguity_cot":
+        missing = [s for s in AMBIGUITY_STEPS if s.lower() not in text.lower()]
         if missing:
             return f"lacks {', '.join(missing)}"
         try:
-            predicted = parse_distribution_line(answer)
+            parse_distribution_line(text)
         except ValueError as e:
             return f"bad distribution: {e}"
-        if request.dist and not _argmax(predicted) & _argmax(request.dist):
+        return None
+    if not any(names_label(text, label) for label in LABEL_FORMS):
+        return "names no emotion label"
+    if target_type == "c2ser_explicit":
+        missing = [name for name, pattern in SPEECH_FEATURES.items() if not re.search(pattern, text, re.IGNORECASE)]
+        if missing:
+            return f"does not describe the speech's {', '.join(missing)}"
+    if target_type == "c2ser_implicit" and len(text.split()) > IMPLICIT_MAX_WORDS:
+        return f"{len(text.split())} words: not a short description in terms of the label"
+    if target_type == "elaborate":
+        if transcript and not quotes_transcript(text, transcript):
+            return "quotes no words of the transcript"
+        if not transcript and not QUOTED.search(text):
+            return "quotes nothing"
+    return None
+
+
+def check_target(request: Request, answer: str | None) -> str | None:
+    """Why a teacher answer is not a usable target, or None when it is: its format
+    (:func:`format_problem`), then whether it argues for the gold label."""
+    if answer is None or not answer.strip():
+        return "teacher gave no answer"
+    t, label = request.type, request.label
+    # Naming the wrong label is the more telling reason, so it comes before the format's.
+    if t in LABEL_NAMING_TYPES and not names_label(answer, label):
+        return f"does not name the gold label '{label}'"
+    problem = format_problem(t, answer, request.text)
+    if problem:
+        return problem
+    if t == "eips" and not names_label(EIPS_FORMAT.fullmatch(answer)["thought"], label):
+        return f"thought does not name the gold label '{label}'"
+    if t == "ambiguity_cot" and request.dist:
+        predicted = parse_distribution_line(answer)
+        if not _argmax(predicted) & _argmax(request.dist):
             return (f"distribution arg-max {'/'.join(sorted(_argmax(predicted)))} is not the gold majority "
                     f"{'/'.join(sorted(_argmax(request.dist)))}")
-        return None
-    if not names_label(answer, label):
-        return f"does not name the gold label '{label}'"
-    if t == "elaborate" and not quotes_transcript(answer, request.text):
-        return "quotes no words of the transcript"
     return None
 
 

@@ -49,6 +49,13 @@ def test_data_dirs_meet_the_corpus_spec(recipe):
             assert {levels[k] for k in ("pitch", "loudness", "rate")} <= {"Low", "Medium", "High"}
     assert all(emotions == set(EMOTIONS) for emotions in renderings.values())
     assert set(sets["test"]["utt2subset"].values()) == {"consistent", "conflict", "neutral_text"}
+    # train: 6 speakers × 22 texts; dev and test: 2 unseen speakers each × all 27 texts (heldout ones too)
+    spk = {name: set(data["utt2spk"].values()) for name, data in sets.items()}
+    txt = {name: set(data["text"].values()) for name, data in sets.items()}
+    assert (len(spk["train"]), len(spk["dev"]), len(spk["test"])) == (6, 2, 2)
+    assert not spk["train"] & spk["dev"] and not spk["train"] & spk["test"] and not spk["dev"] & spk["test"]
+    assert len(txt["train"]) == 22 and txt["dev"] == txt["test"] and len(txt["dev"]) == 27
+    assert {name: len(data) for name, data in sets.items()} == {"train": 2772, "dev": 1134, "test": 1134}
     assert json.loads((tmp / "data/train/attr_stats.json").read_text())
 
 
@@ -64,7 +71,8 @@ def test_targets_and_shards(recipe):
 
 def test_run_prints_summary_and_second_run_skips_everything(recipe):
     tmp, first = recipe
-    assert "| train | 2772 |" in first.stdout
+    for row in ("| train | 2772 |", "| dev | 1134 |", "| test | 1134 |"):
+        assert row in first.stdout
     second = run_recipe(tmp, "--stop_stage", "4")
     assert second.returncode == 0, second.stderr[-2000:]
     for n, name in enumerate(("prepare", "format", "attributes", "targets", "shards")):

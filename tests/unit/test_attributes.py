@@ -16,7 +16,7 @@ from local.data.attributes import (
     speech_duration,
 )
 from local.data.audio import write_wav
-from local.data.kaldi import DataDir, parse_kv, read_table, validate_data_dir, write_table
+from local.data.kaldi import DataDir, format_kv, parse_kv, read_table, validate_data_dir, write_table
 from local.utils.hydra import compose
 
 SR = 16000
@@ -222,6 +222,71 @@ def test_stats_come_from_train_only(tmp_path, settings):
     assert "no espeak-ng voice for language 'fr'" in rejected["s2-fr"]
     assert "audio file not found" in rejected["s2-gone"]
     assert sorted(dev_attr) == ["s2-hi", "s2-lo"]
+
+
+def test_test_sets_keep_unmeasurable_utterances_as_unknown(tmp_path, settings, caplog):
+    train = {f"s1-{i}": (harmonic(f0, 1.0, amplitude=a), "hello there", "en")
+             for i, (f0, a) in enumerate([(100, 0.1), (110, 0.2), (120, 0.3), (130, 0.2), (140, 0.1)])}
+
+    def hard_cases(spk: str) -> dict:
+        return {f"{spk}-ok": (harmonic(125.0, 1.0), "hello there", "en"),
+                f"{spk}-silent": (np.zeros(SR, np.float32), "hello there", "en"),  # no pitch, no rate
+                f"{spk}-fr": (harmonic(125.0, 1.0), "bonjour", "fr"),              # no voice: no rate
+                f"{spk}-mute": (harmonic(125.0, 1.0), "", "en"),                   # empty transcript
+                f"{spk}-gone": (str(tmp_path / "missing.wav"), "hello there", "en")}
+    write_data_dir(tmp_path / "train", train)
+    write_data_dir(tmp_path / "dev", hard_cases("s2"))
+    write_data_dir(tmp_path / "eval", hard_cases("s3"))
+    summaries = add_attributes(tmp_path, "train", ["dev"], settings, test_sets=["eval"])
+
+    dev = DataDir.load(tmp_path / "dev")
+    assert dev.utts == ["s2-ok"] and list(dev["utt2attr"]) == ["s2-ok"]
+    assert "pitch unmeasurable" in dev.rejected["s2-silent"]
+    assert "no espeak-ng voice for language 'fr'" in dev.rejected["s2-fr"]
+    assert "the transcript has no phones" in dev.rejected["s2-mute"]
+
+    test = validate_data_dir(tmp_path / "eval")
+    assert test.utts == ["s3-fr", "s3-mute", "s3-ok", "s3-silent"]  # every one but the unreadable
+    assert "audio file not found" in test.rejected["s3-gone"] and len(test.rejected) == 1
+    attr = test["utt2attr"]
+    assert sorted(attr) == test.utts
+    assert attr["s3-silent"] == ("pitch=unknown pitch_range=unknown loudness=Low rate=unknown "
+                                 "f0_hz=nan f0_range_st=nan lufs=-inf phones_per_sec=nan")
+    for utt in ("s3-fr", "s3-mute"):
+        fields = parse_kv(attr[utt])
+        assert fields["rate"] == "unknown" and fields["phones_per_sec"] == "nan"
+        assert fields["pitch"] == "Medium" and float(fields["f0_hz"]) == pytest.approx(125.0, rel=0.02)
+    assert {parse_kv(attr["s3-ok"])[a] for a in ATTRIBUTES} <= set(LEVELS)
+    assert parse_kv(attr["s3-ok"]) == parse_kv(dev["utt2attr"]["s2-ok"])  # same audio, same line
+
+    assert summaries["eval"].unmeasured == 3 and summaries["eval"].rejected == 1
+    assert summaries["eval"].levels["rate"]["unknown"] == 3
+    assert summaries["dev"].unmeasured == 0 and summaries["dev"].rejected == 4
+    assert "3 kept with unmeasured attributes" in str(summaries["eval"])
+    assert "s3-fr: kept with unmeasured attributes" in caplog.text
+    with pytest.raises(ValueError, match="'train' is the train set"):
+        add_attributes(tmp_path, "train", [], settings, test_sets=["train"])
+
+
+def test_entry_point_keeps_unmeasurable_in_test_sets_only(tmp_path):
+    from local.bin.attributes import main
+
+    train = {f"a-{i}": (harmonic(f0, 1.0), "hello there", "en") for i, f0 in enumerate([100, 120, 140])}
+    silent = {"b-1": (harmonic(120.0, 1.0), "hello there", "en"), "b-2": (np.zeros(SR, np.float32), "hi", "en")}
+    for name, utts in (("train", train), ("dev", silent), ("test", silent)):
+        write_data_dir(tmp_path / "data" / name, utts)
+    main(compose([f"data_root={tmp_path / 'data'}", "train_set=train", "dev_set=dev", "test_sets=[test]", "nj=1"]))
+    assert sorted(DataDir.load(tmp_path / "data" / "dev")["utt2attr"]) == ["b-1"]
+    test = DataDir.load(tmp_path / "data" / "test")
+    assert sorted(test["utt2attr"]) == ["b-1", "b-2"] and parse_kv(test["utt2attr"]["b-2"])["pitch"] == "unknown"
+
+
+def test_bin_attributes_marks_nan_unknown():
+    stats = attribute_stats([{"f0_hz": v, "f0_range_st": v, "lufs": v, "phones_per_sec": v} for v in (1.0, 3.0)])
+    fields = bin_attributes({"f0_hz": math.nan, "f0_range_st": 2.0, "lufs": -math.inf, "phones_per_sec": 9.0},
+                            stats)
+    assert [fields[a] for a in ATTRIBUTES] == ["unknown", "Medium", "Low", "High"]
+    assert parse_kv(format_kv(fields))["f0_hz"] == "nan" and math.isnan(fields["f0_hz"])
 
 
 def test_segments_are_measured_separately(tmp_path, settings):

@@ -98,6 +98,46 @@ def test_duration_filter(data_dir, tmp_path):
     assert "spk0-utt1" in data.utts  # 0.6 s stays
 
 
+def test_test_sets_are_not_duration_filtered(data_dir, tmp_path, caplog):
+    data = run_format(data_dir, tmp_path, min_dur=0.55, max_dur=0.65, filter_duration=False)
+    assert not data.rejected and len(data) == 6
+    assert data["utt2dur"]["spk0-utt0"] == "0.500" and data["utt2dur"]["spk0-utt2"] == "0.700"
+    assert "kept 4 utterances outside [min_dur, max_dur]" in caplog.text
+    validate_data_dir(data_dir)
+
+
+def test_test_sets_still_reject_what_cannot_be_kept(data_dir, tmp_path):
+    wav_of(data_dir, "spk0-utt0").write_bytes(b"RIFF\x00\x00garbage")
+    sf.write(wav_of(data_dir, "spk0-utt1"), np.zeros(0, dtype=np.float32), 16000)
+    sf.write(wav_of(data_dir, "spk0-utt2"), np.array([0.1, np.inf] * 8000, dtype=np.float32), 16000,
+             subtype="FLOAT")
+    replace_line(data_dir / "utt2emo", 3, "spk1-utt0 bored\n")
+    (data_dir / "text").write_text((data_dir / "text").read_text() + "spk1-utt1 said twice\n")
+    data = run_format(data_dir, tmp_path, max_dur=0.65, filter_duration=False)
+    assert "unreadable audio" in data.rejected["spk0-utt0"]
+    assert "empty audio" in data.rejected["spk0-utt1"]
+    assert "NaN or inf" in data.rejected["spk0-utt2"]
+    assert data.rejected["spk1-utt0"] == "unknown label 'bored' in utt2emo"
+    assert "duplicate id 'spk1-utt1'" in data.rejected["spk1-utt1"]
+    assert data.utts == ["spk1-utt2"] and data["utt2dur"]["spk1-utt2"] == "0.700"  # longer than max_dur: kept
+
+
+def test_entry_point_filters_train_and_dev_only(tmp_path):
+    """The stage knows its test sets from cfg.test_sets, not from their names."""
+    from conftest import make_data_dir
+    from local.bin.format import main
+    from local.utils.hydra import compose
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("a", "b", "c"):
+        make_data_dir(tmp_path / name).rename(root / name)  # the wavs stay where wav.scp says
+    main(compose([f"data_root={root}", f"dump_root={tmp_path / 'dump'}", "train_set=c", "dev_set=a",
+                  "test_sets=[b]", "format.min_dur=0.55", "format.max_dur=0.65", "nj=1"]))
+    assert len(DataDir.load(root / "c")) == len(DataDir.load(root / "a")) == 2  # only the 0.6 s ones
+    assert len(DataDir.load(root / "b")) == 6 and not (root / "b" / "rejected").exists()
+
+
 def test_utterance_missing_from_a_table_is_rejected(data_dir, tmp_path):
     lines = (data_dir / "utt2lang").read_text().splitlines(keepends=True)
     (data_dir / "utt2lang").write_text("".join(lines[1:]))
@@ -113,6 +153,40 @@ def test_segments_become_files(data_dir, tmp_path):
     data = run_format(data_dir, tmp_path)
     assert data["utt2dur"] == {"spk0-utt0": "0.200"}
     assert not (data_dir / "segments").exists()
+
+
+def test_segments_of_recordings_with_gaps_in_the_tables(tmp_path):
+    """Two recordings, three segments, and one utterance that has no segment line."""
+    root = tmp_path / "seg"
+    root.mkdir()
+    t = np.arange(32000) / 16000
+    for reco, f0 in (("rec1", 150.0), ("rec2", 220.0)):
+        sf.write(root / f"{reco}.wav", (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), 16000)
+    utts = {"spkA-1": "rec1 0.0 0.8", "spkA-2": "rec1 1.0 1.9", "spkB-1": "rec2 0.5 1.5", "spkB-2": None}
+    (root / "wav.scp").write_text(f"rec1 {root / 'rec1.wav'}\nrec2 {root / 'rec2.wav'}\n")
+    (root / "segments").write_text("".join(f"{u} {v}\n" for u, v in utts.items() if v))
+    (root / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
+    (root / "text").write_text("".join(f"{u} words of {u}\n" for u in utts))
+    (root / "utt2emo").write_text("".join(f"{u} anger\n" for u in utts))
+    data = format_data_dir(root, root, tmp_path / "audio", load_label_map(None), min_dur=0.1, max_dur=20.0)
+    assert data.rejected == {"spkB-2": "no line in segments; wav.scp is keyed by recording"}
+    assert data["utt2dur"] == {"spkA-1": "0.800", "spkA-2": "0.900", "spkB-1": "1.000"}
+    assert data["wav.scp"]["spkB-1"] == str((tmp_path / "audio" / "spkB-1.wav").resolve())
+    assert read_table(root / "rejected") == data.rejected
+    validate_data_dir(root)
+
+
+def test_segment_of_a_recording_missing_from_wav_scp(tmp_path):
+    root = tmp_path / "seg"
+    root.mkdir()
+    sf.write(root / "rec1.wav", np.full(16000, 0.1, np.float32), 16000)
+    (root / "wav.scp").write_text(f"rec1 {root / 'rec1.wav'}\n")
+    (root / "segments").write_text("s-1 rec1 0.0 0.5\ns-2 rec9 0.0 0.5\ns-3 rec1 0.5\n")
+    (root / "utt2spk").write_text("s-1 s\ns-2 s\ns-3 s\n")
+    data = format_data_dir(root, root, tmp_path / "audio", load_label_map(None), min_dur=0.1, max_dur=20.0)
+    assert data.rejected["s-2"] == "segments names recording 'rec9', which is not in wav.scp"
+    assert "expected '<recording> <start> <end>'" in data.rejected["s-3"]
+    assert data.utts == ["s-1"]
 
 
 def test_nothing_left_is_an_error(data_dir, tmp_path):

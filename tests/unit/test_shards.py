@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import multiprocessing
 import time
 from collections import Counter
@@ -107,6 +108,24 @@ def test_round_trip_through_webdataset(data_dir, shard_dir):
         }
         assert json.loads(sample["targets.json"]) == targets.get(utt, [])
     assert sorted(seen) == data.utts
+
+
+def test_unmeasured_attributes_survive_the_round_trip(tmp_path):
+    """A test set's utt2attr line with unknown levels and nan / -inf values, back from the loader as written."""
+    data = make_data_dir(tmp_path / "data", n=4, n_spk=2)
+    table = DataDir.load(data)
+    utt = table.utts[0]
+    table["utt2attr"][utt] = ("pitch=unknown pitch_range=unknown loudness=Low rate=unknown "
+                              "f0_hz=nan f0_range_st=nan lufs=-inf phones_per_sec=nan")
+    table.save(data)
+    write_shards(data, tmp_path / "shards", 2)
+    meta = {m["utt"]: m for b in ShardLoader(tmp_path / "shards", batch_size=4, shuffle=False) for m in b["meta"]}
+    attr = meta[utt]["attr"]
+    assert attr["pitch"] == attr["pitch_range"] == attr["rate"] == "unknown" and attr["loudness"] == "Low"
+    assert all(math.isnan(attr[k]) for k in ("f0_hz", "f0_range_st", "phones_per_sec"))
+    assert attr["lufs"] == -math.inf
+    other = table.utts[1]
+    assert meta[other]["attr"]["pitch_hz"] == float(table["utt2attr"][other].split("=")[-1])  # still a number
 
 
 def test_manifest_counts(data_dir, shard_dir):

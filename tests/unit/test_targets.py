@@ -8,8 +8,8 @@ import pytest
 
 from local.data.kaldi import DataDir, DataDirError
 from local.reasoning.offline import OfflineTeacher
-from local.reasoning.targets import (TARGET_TYPES, build_requests, check_target, make_targets, names_label,
-                                     parse_distribution_line)
+from local.reasoning.targets import (TARGET_TYPES, build_requests, check_target, format_problem, make_targets,
+                                     names_label, parse_distribution_line)
 from local.reasoning.teacher import Request, Teacher
 from local.utils.hydra import compose
 
@@ -167,6 +167,32 @@ def test_utterances_that_cannot_be_asked_are_rejected(tmp_path):
     assert "a speaking rate of high, a volume level of low, and a pitch of high" in mandarin.prompt
 
 
+def test_unmeasured_attributes_reject_only_the_types_that_state_them(tmp_path):
+    from local.data.attributes import UNKNOWN
+    from local.reasoning.targets import UNMEASURED
+
+    assert UNMEASURED == UNKNOWN
+    utts = dict(UTTS)
+    utts["spk1-a01"] = ("anger", "You took my seat again.", "en", "anger:1.0000",   # a silent test clip
+                        "pitch=unknown pitch_range=unknown loudness=Low rate=unknown f0_hz=nan lufs=-inf")
+    utts["spk1-a02"] = ("happiness", "Yes!", "en", "happiness:1.0000",
+                        "pitch=unknown loudness=Medium rate=High f0_hz=nan")
+    data = write_data_dir(tmp_path / "test", utts)
+    requests, rejected = build_requests(DataDir.load(data), ALL_TYPES)
+    reasons = {(u, t): r for u, t, r in rejected}
+    assert reasons == {("spk1-a01", "c2ser_explicit"): "attributes not measurable: pitch, rate",
+                       ("spk1-a01", "ambiguity_cot"): "attributes not measurable: pitch, rate",
+                       ("spk1-a02", "c2ser_explicit"): "attributes not measurable: pitch",
+                       ("spk1-a02", "ambiguity_cot"): "attributes not measurable: pitch"}
+    assert len(requests) == len(utts) * len(ALL_TYPES) - 4
+    assert all("unknown" not in r.prompt for r in requests)
+
+    counts = make_targets(data, OfflineTeacher(), ALL_TYPES)
+    assert counts == {"written": len(utts) * len(ALL_TYPES) - 4, "rejected": 4}
+    lines = (data / "targets.rejected").read_text(encoding="utf-8").splitlines()
+    assert "spk1-a02 c2ser_explicit attributes not measurable: pitch" in lines
+
+
 def test_label_and_distribution_checks():
     assert names_label("The speaker sounds ANGRY.", "anger")
     assert not names_label("The speaker is in danger.", "anger")          # a word, not a substring
@@ -180,6 +206,50 @@ def test_label_and_distribution_checks():
                   dist={"sadness": 0.5, "anger": 0.5})
     answer = "Step 1: a\nStep 2: b\nStep 3: c\nDistribution: anger:0.55 sadness:0.45"
     assert check_target(tie, answer) is None  # either label of a tied majority is the gold majority
+
+
+def test_format_problem_judges_the_format_alone(tmp_path):
+    requests, _ = build_requests(DataDir.load(write_data_dir(tmp_path / "x")), ALL_TYPES)
+    for request, answer in zip(requests, OfflineTeacher().generate(requests)):
+        assert format_problem(request.type, answer, request.text) is None, (request.key, answer)
+    explicit = ('At a fast pace, with a high-pitched tone and a loud volume: "Wait". '
+                "The emotion was inferred to be fear.")
+    cases = {
+        ("c2ser_explicit", explicit): None,
+        ("c2ser_explicit", "The emotion was inferred to be anger."):
+            "does not describe the speech's rate, pitch, volume",
+        ("c2ser_explicit", "At a slow pace, with a deep tone and a soft volume."): "names no emotion label",
+        ("c2ser_implicit", "The emotion was inferred to be anger."): None,
+        ("c2ser_implicit", explicit + " " + explicit): "40 words: not a short description in terms of the label",
+        ("eips", "Emotion perception: anger. <response>x</response>"):
+            "not <thought>...</thought><response>...</response>",
+        ("eips", "<thought>Emotion perception: joy. Intent: x. Strategy: y.</thought><response>Hi</response>"):
+            "thought lacks the EIPS step(s) Psychological modelling",
+        ("eips", "<thought>Emotion perception: joy. Intent: x. Psychological modelling: y. Strategy: z.</thought>"
+                 "<response> </response>"): "empty response",
+        ("direct_response", "<response>There, there.</response>"): "contains <thought>/<response> tags",
+        ("ambiguity_cot", "Step 1: a\nStep 3: c\nDistribution: anger:1.00"): "lacks Step 2",
+        ("ambiguity_cot", "Step 1: a\nStep 2: b\nStep 3: c\nDistribution: anger"):
+            "bad distribution: no label:probability on the 'Distribution:' line",
+        ("summarize", "The speaker is dealing with a long day."): "names no emotion label",
+        ("elaborate", 'The emotion is sadness: "sold the car".'): None,  # no transcript: any quotation
+        ("direct_response", "  "): "empty output",
+    }
+    for (t, text), want in cases.items():
+        assert format_problem(t, text) == want, (t, text)
+    assert format_problem("elaborate", 'Sadness: "sold the car".', "Wait, you sold the car already?") is None
+    assert format_problem("elaborate", 'Sadness: "sold the bike".', "Wait, you sold the car already?") == \
+        "quotes no words of the transcript"
+    with pytest.raises(ValueError, match="unknown target type 'cot'"):
+        format_problem("cot", "x")
+    # a well-formed answer for the wrong label: the format passes, the target does not
+    request = Request(key="u c2ser_explicit", type="c2ser_explicit", label="anger", text="Wait")
+    assert check_target(request, explicit) == "does not name the gold label 'anger'"
+    eips = ("<thought>Emotion perception: joy. Intent: x. Psychological modelling: y. Strategy: z.</thought>"
+            "<response>Great!</response>")
+    assert format_problem("eips", eips) is None
+    assert check_target(Request(key="u eips", type="eips", label="anger", text="t"), eips) == \
+        "thought does not name the gold label 'anger'"
 
 
 def test_entry_point_writes_every_set(tmp_path):
