@@ -7,26 +7,32 @@ Writes ``<exp_dir>/results.json``, ``results.md`` and ``confusion_<set>_<row>.pn
 the attribute baseline's predictions go to ``<exp_dir>/attr_baseline/<set>/``.  Decode dirs with a
 ``hyp_dist`` (``decode.dist=true``) are also scored against the test set's ``utt2dist``: JS (log base 2),
 BC, Brier, ECE and arg-max accuracy.  ``score.judge_rubrics`` adds the judge's mean scores of each row
-(``judge=offline|hf|openai``; CogAudio's empathy 1-4 in experiment/cogaudio.yaml).
+(``judge=offline|hf|openai``; CogAudio's empathy 1-4 in experiment/cogaudio.yaml), under the backend's name.
+Every row counts the test set's utterances lost on the way (``rejected``); a decode whose timing.json names
+its ``target`` type gets the share of well-formed outputs.  A baseline of ``score.baselines`` that has not been
+decoded is an error, not a row quietly left out: a table without it would read as complete.
 """
 from __future__ import annotations
 
 import logging
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from local.data.kaldi import parse_dist, read_table
+from local.data.kaldi import parse_dist, parse_kv, read_table
 from local.data.labels import EMOTIONS
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
 from local.eval.extract import extract_labels
-from local.eval.judge import JudgeItem, build_judge
+from local.eval.judge import Judge, JudgeItem, build_judge
 from local.eval.report import judge_row, score_row, write_results
 from local.reasoning.teacher import build_teacher
+from local.bin.stages import stage_run
+from local.utils.digest import RECORD
 from local.utils.hydra import entry_point
+from local.utils.provenance import read_json
 
 log = logging.getLogger("score")
 
@@ -47,13 +53,41 @@ def attribute_row(trained: Callable[[], AttributeBaseline], cfg: DictConfig, ent
     rows["attributes"] = (records, timing)
 
 
-def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float]] | None:
-    """The test set's soft labels (utt2dist), None when its data dir has none."""
+def set_data_dir(cfg: DictConfig, entry: str) -> Path | None:
+    """The data dir of a ``test_sets`` entry, None when there is none."""
     try:
-        path = resolve_test_set(entry, cfg.data_root, cfg.dump_root, source="data").data_dir / "utt2dist"
+        return resolve_test_set(entry, cfg.data_root, cfg.dump_root, source="data").data_dir
     except FileNotFoundError:
         return None
-    if not path.is_file():
+
+
+def data_rejected(data_dir: Path | None) -> int:
+    """The utterances stages 1-2 moved to the data dir's ``rejected``."""
+    path = None if data_dir is None else data_dir / "rejected"
+    if path is None or not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def utt_attributes(data_dir: Path | None) -> dict[str, dict[str, str]] | None:
+    """The test set's stage-2 levels (utt2attr: utt -> {key: value}), None when it has none."""
+    path = None if data_dir is None else data_dir / "utt2attr"
+    if path is None or not path.is_file():
+        return None
+    attrs = {}
+    for utt, value in read_table(path).items():
+        try:
+            attrs[utt] = parse_kv(value)
+        except ValueError as e:
+            raise ValueError(f"{path}: '{utt}': {e}") from None
+    return attrs
+
+
+def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float]] | None:
+    """The test set's soft labels (utt2dist), None when its data dir has none."""
+    data_dir = set_data_dir(cfg, entry)
+    path = None if data_dir is None else data_dir / "utt2dist"
+    if path is None or not path.is_file():
         return None
     gold = {}
     for utt, value in read_table(path).items():
@@ -77,11 +111,14 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
         for row, template in (opts.baselines or {}).items():
             if row in rows[name]:
                 raise ValueError(f"score.baselines: row name '{row}' is also a decode mode of {opts.exp_dir}")
+            if template is None:  # score.baselines.<row>=null: left out on purpose
+                continue
             decode_dir = Path(str(template).replace("{set}", name))
-            if (decode_dir / "hyps.jsonl").is_file():
-                rows[name][row] = read_decode_dir(decode_dir)
-            else:
-                log.info("%s: baseline '%s' has no %s, left out", name, row, decode_dir / "hyps.jsonl")
+            if not (decode_dir / "hyps.jsonl").is_file():
+                raise FileNotFoundError(
+                    f"{name}: baseline '{row}' of score.baselines has no decode: {decode_dir} has no hyps.jsonl. "
+                    f"Run the baseline's stage 9 (decode) first, or leave it out with score.baselines.{row}=null")
+            rows[name][row] = read_decode_dir(decode_dir)
         if opts.attributes:
             attribute_row(trained, cfg, entry, rows[name])
         if not rows[name]:
@@ -90,8 +127,50 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
     return rows
 
 
+def judge_entry(judge: Judge, rubrics: Sequence[str], records: list[dict]) -> dict:
+    """``judge`` (the backend, each rubric's mean scores, n_judged) and ``not_judged`` of one row: an output
+    counts as judged when every rubric scored it."""
+    items = [JudgeItem(utt=r["utt"], output=r["hyp"], label=r.get("label") or "", text=r.get("text") or "")
+             for r in records]
+    entry: dict = {"backend": judge.name}
+    scored = [True] * len(items)
+    for rubric in rubrics:
+        scores = judge.score(items, rubric)
+        entry.update(judge_row(scores, judge.name))
+        scored = [ok and s is not None for ok, s in zip(scored, scores)]
+    entry["n_judged"] = sum(scored)
+    return {"judge": entry, "not_judged": len(items) - sum(scored)}
+
+
+def training_teacher(data_dir: Path | None) -> dict | None:
+    """The teacher of the targets the models were trained on, as stage 3's record in the data dir says."""
+    ledger = read_json(data_dir / RECORD) if data_dir is not None else None
+    entry = next((r for r in (ledger or {}).get("stages", []) if r.get("stage") == "targets"), None)
+    teacher = ((entry or {}).get("config") or {}).get("teacher")
+    return {k: teacher[k] for k in ("backend", "model", "path", "seed") if k in teacher} if teacher else None
+
+
+def provenance(cfg: DictConfig, record: dict, rows: dict, judge: Judge | None) -> dict:
+    """What the tables were made from (results.json "provenance"): the stage record (code version, config,
+    input digests) and, per table, the teacher of the training targets and each row's decode: model, device."""
+    entries = {Path(e).name: e for e in cfg.test_sets}
+    tables = {}
+    for name, set_rows in rows.items():
+        tables[name] = {"teacher": training_teacher(set_data_dir(cfg, entries[name])),
+                        "rows": {row: {k: timing.get(k) for k in ("model_dir", "device", "target", "mode", "source")
+                                       if timing.get(k) is not None}
+                                 for row, (_, timing) in set_rows.items()}}
+    return {**{k: record[k] for k in ("code", "key", "inputs", "started", "host")},
+            "extract": cfg.score.extract, "judge": judge.name if judge is not None else None, "tables": tables}
+
+
 @entry_point
 def main(cfg: DictConfig) -> str:
+    with stage_run(cfg, "score") as stage:
+        return score(stage.cfg, stage.record)
+
+
+def score(cfg: DictConfig, record: dict) -> str:
     opts = cfg.score
     rows = collect_rows(cfg)
     teacher = None
@@ -106,25 +185,29 @@ def main(cfg: DictConfig) -> str:
         entries = {Path(e).name: e for e in cfg.test_sets}
         for test_set, set_rows in rows.items():
             results[test_set] = {}
+            data_dir = set_data_dir(cfg, entries[test_set])
             has_dist = any("dist" in r for records, _ in set_rows.values() for r in records)
             gold = gold_distributions(cfg, entries[test_set]) if has_dist else None
+            explicit = any(timing.get("target") == "c2ser_explicit" for _, timing in set_rows.values())
+            attrs = utt_attributes(data_dir) if explicit else None
+            if explicit and attrs is None:
+                log.warning("%s: no utt2attr in %s: the explicit CoT's attribute words are not scored",
+                            test_set, data_dir)
+            lost = data_rejected(data_dir)
             for row, (records, timing) in set_rows.items():
                 preds = extract_labels([r["hyp"] for r in records], opts.extract, teacher)
-                results[test_set][row], matrix = score_row(records, preds, EMOTIONS, timing, gold,
-                                                           ece_bins=opts.get("ece_bins", 15))
+                results[test_set][row], matrix = score_row(
+                    records, preds, EMOTIONS, timing, gold, ece_bins=opts.get("ece_bins", 15), attrs=attrs,
+                    data_rejected=lost, dist_wanted=has_dist)
                 if matrix is not None:
                     confusions[(test_set, row)] = matrix
                 if judge is not None and row != "attributes":  # the classifier's outputs are bare labels
-                    items = [JudgeItem(utt=r["utt"], output=r["hyp"], label=r.get("label") or "",
-                                       text=r.get("text") or "") for r in records]
-                    results[test_set][row]["judge"] = {
-                        k: v for rubric in opts.judge_rubrics
-                        for k, v in judge_row(judge.score(items, rubric)).items()}
+                    results[test_set][row].update(judge_entry(judge, opts.judge_rubrics, records))
     finally:
         for backend in (teacher, judge):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
-    markdown = write_results(opts.exp_dir, results, confusions, EMOTIONS)
+    markdown = write_results(opts.exp_dir, results, confusions, EMOTIONS, provenance(cfg, record, rows, judge))
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")
     return markdown

@@ -2,9 +2,10 @@
 
 ``results.json`` is the machine-readable form every claim is checked against::
 
-    {"<test_set>": {"<row>": {"ua", "wa", "f1", "n",
+    {"provenance": {"code", "key", "inputs", "extract", "judge", "tables": {"<test_set>": {"teacher", "rows"}}},
+     "tables": {"<test_set>": {"<row>": {"ua", "wa", "f1", "n", "rejected",
                               "subsets": {"<subset>": {"ua", "wa", "f1", "n"}, ...},
-                              "sec_per_utt", "invalid_rate", "mean_words", "per_class"}}}
+                              "sec_per_utt", "invalid_rate", "mean_words", "per_class"}}}}
 
 A row is one system or baseline on one test set (``implicit``, ``explicit``,
 ``text_only``, ``attributes`` ...).  UA / WA / F1 / per-class accuracy come
@@ -14,19 +15,39 @@ extractable label counting as wrong; subsets are the values of ``utt2subset``.
 ``invalid_rate`` (outputs with no label) and ``mean_words`` (output length:
 whitespace-separated words, each CJK character one word) are over every
 output, labelled or not.  ``sec_per_utt`` is the decode time from timing.json.
+``rejected`` counts the test set's utterances that never reached the table:
+the lines of its data dir's ``rejected`` (stages 1-2) plus timing.json's
+``rejected`` (audio decoding could not read), so that nothing scored shrinks
+unseen.
+
+A row whose timing.json names the ``target`` type its prompt was trained on
+has ``well_formed``, the share of its ``n_formatted`` outputs (all of them)
+in that format (:func:`local.reasoning.targets.format_problem`).  A
+``c2ser_explicit`` row on a set with ``utt2attr`` also has ``attr_words``:
+how often the rate / pitch / volume words of its chain of thought ("at a
+fast pace", "a high-pitched tone", "a soft volume") name the utterance's
+stage-2 level, ``{"pitch", "loudness", "rate", "n", "n_total"}``, over the
+``n`` of its ``n_total`` outputs that state all three (an ``unknown`` level is
+not scored).
 
 A row whose decode dir has ``hyp_dist`` (read-out distributions), on a test
 set with ``utt2dist``, also has the ambiguity paper's Table 2 scores of
 :func:`local.eval.metrics.distribution_scores` over the utterances that have
 both: ``js`` (Jensen–Shannon divergence, log base 2, in [0, 1]), ``bc``
 (Bhattacharyya coefficient), ``brier`` (per-class mean), ``ece`` (``score.ece_bins`` bins),
-``acc_dist`` (the arg-max is a most-voted class) and ``n_dist``.
+``acc_dist`` (the arg-max is a most-voted class) and ``n_dist``.  When some
+row of a table has ``hyp_dist``, each row without these scores says why in
+``dist_note`` (no hyp_dist, no utt2dist, no utterance in common).
 
-With ``score.judge_rubrics`` a row also has ``judge``: the mean raw score of each rubric key over the
-outputs the judge scored (e.g. ``{"empathy": 2.4, "n_judged": 284}``, empathy on CogAudio's 1-4 scale).
+With ``score.judge_rubrics`` a row also has ``judge``: the backend and the mean raw score of each rubric
+key over the outputs the judge scored (e.g. ``{"backend": "offline", "empathy": 2.4, "n_judged": 284}``,
+empathy on CogAudio's 1-4 scale), and ``not_judged``, the outputs it could not score.  The backend's name
+follows every judge column of results.md (``empathy[offline]``): the offline judge is a rule stand-in,
+and its numbers must never pass for a model judge's.
 
 ``results.md`` has one table per test set (percentages; the distribution
-scores, when a row has them, as fractions with acc % last), and
+scores, when a row has them, as fractions with acc % last), a line under it
+that defines its columns and the rows' ``dist_note``, and
 ``confusion_<set>_<row>.png`` one confusion matrix per labelled row.
 """
 from __future__ import annotations
@@ -41,6 +62,8 @@ import matplotlib
 import numpy as np
 
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
+from local.reasoning.offline import LEVEL_WORDS
+from local.reasoning.targets import format_problem
 from local.utils.atomic import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -54,6 +77,79 @@ DIST_KEYS = {"js": "js", "bc": "bc", "brier": "brier", "ece": "ece", "acc": "acc
 def count_words(text: str) -> int:
     """Words of an output: whitespace-separated runs, and every CJK character on its own."""
     return len(_WORDS.findall(text))
+
+
+# --- the attribute words of an explicit chain of thought --------------------------------------
+
+ATTR_KEYS = ("pitch", "loudness", "rate")  # utt2attr's keys; the offline teacher calls loudness "energy"
+LEVELS = ("low", "medium", "high")
+# The teachers' words (offline.LEVEL_WORDS) first, then what an LLM teacher or a model writes instead.
+_SYNONYMS = {
+    "rate": {"low": ("slow", "slower", "leisurely", "sluggish", "relaxed", "low"),
+             "medium": ("moderate", "steady", "normal", "average", "medium", "even", "regular"),
+             "high": ("fast", "faster", "rapid", "quick", "brisk", "hurried", "high")},
+    "pitch": {"low": ("low-pitched", "deep", "low", "lowered"),
+              "medium": ("mid-range", "moderately pitched", "moderate", "medium", "normal", "average", "mid"),
+              "high": ("high-pitched", "raised", "high", "elevated")},
+    "loudness": {"low": ("soft", "quiet", "low", "gentle", "faint", "weak", "subdued", "hushed"),
+                 "medium": ("moderate", "normal", "medium", "average"),
+                 "high": ("loud", "strong", "high", "raised", "powerful", "forceful", "intense")},
+}
+LEVEL_VOCAB = {attr: {level: tuple(dict.fromkeys([*LEVEL_WORDS["energy" if attr == "loudness" else attr][level],
+                                                  *_SYNONYMS[attr][level]]))
+                      for level in LEVELS} for attr in ATTR_KEYS}
+# The nouns a level word describes: "a fast pace", "a high-pitched tone", "a soft volume", "low energy level".
+_ATTR_NOUNS = {"rate": r"(?:(?:speaking|speech)\s+)?(?:paced?|rate|speed|tempo)",
+               "pitch": r"(?:pitch|tone)",
+               "loudness": r"(?:(?:volume|energy)(?:\s+level)?|loudness|level(?!\s+of))"}
+_LINKS = r"(?:is|was|of|at|remains|stays|sounds|seems)"
+_HEDGES = r"(?:(?:a|an|quite|rather|fairly|very|relatively|somewhat|slightly|mostly)\s+)*"
+
+
+def _attr_patterns(attr: str) -> list[re.Pattern]:
+    words = sorted((w for ws in LEVEL_VOCAB[attr].values() for w in ws), key=len, reverse=True)
+    level = "(?P<level>" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in words) + ")"
+    noun = _ATTR_NOUNS[attr]
+    patterns = [rf"\b{level}[\s-]+{noun}\b",                   # a fast pace, a soft volume
+                rf"\b{noun}\s+{_LINKS}\s+{_HEDGES}{level}\b"]  # speed is high, a pitch of low
+    named = [w for w in words if w.endswith("pitched")]             # says what it describes
+    if named:
+        patterns.append(r"\b(?P<level>" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in named) + r")\b")
+    return [re.compile(p, re.IGNORECASE) for p in patterns]
+
+
+_ATTR_PATTERNS = {attr: _attr_patterns(attr) for attr in ATTR_KEYS}
+_LEVEL_OF = {attr: {w: level for level, ws in LEVEL_VOCAB[attr].items() for w in ws} for attr in ATTR_KEYS}
+
+
+def attribute_words(text: str) -> dict[str, str]:
+    """{attribute: low | medium | high} of the first description of each of rate / pitch / volume in ``text``;
+    an attribute it does not describe is absent."""
+    found = {}
+    for attr, patterns in _ATTR_PATTERNS.items():
+        hits = [m for p in patterns for m in p.finditer(text)]
+        if hits:
+            word = " ".join(min(hits, key=lambda m: m.start())["level"].lower().split())
+            found[attr] = _LEVEL_OF[attr][word]
+    return found
+
+
+def attr_word_scores(records: Sequence[Mapping], attrs: Mapping[str, Mapping[str, str]]) -> dict:
+    """How often each attribute word names the utterance's utt2attr level, over the outputs that describe
+    all three (``n`` of ``n_total``); a level other than Low / Medium / High (``unknown``) is not scored."""
+    stated, right, scored = 0, dict.fromkeys(ATTR_KEYS, 0), dict.fromkeys(ATTR_KEYS, 0)
+    for r in records:
+        words = attribute_words(r["hyp"])
+        if len(words) < len(ATTR_KEYS):
+            continue
+        stated += 1
+        for attr in ATTR_KEYS:
+            gold = str(attrs.get(r["utt"], {}).get(attr, "")).lower()
+            if gold in LEVELS:
+                scored[attr] += 1
+                right[attr] += words[attr] == gold
+    return {**{a: right[a] / scored[a] if scored[a] else None for a in ATTR_KEYS},
+            "n": stated, "n_total": len(records)}
 
 
 def distribution_row(records: Sequence[Mapping], gold: Mapping[str, Mapping[str, float]],
@@ -75,20 +171,24 @@ def distribution_row(records: Sequence[Mapping], gold: Mapping[str, Mapping[str,
 
 def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: Sequence[str],
               timing: Mapping | None = None, gold_dists: Mapping[str, Mapping[str, float]] | None = None,
-              ece_bins: int = 15) -> tuple[dict, np.ndarray | None]:
+              ece_bins: int = 15, *, attrs: Mapping[str, Mapping[str, str]] | None = None,
+              data_rejected: int = 0, dist_wanted: bool = False) -> tuple[dict, np.ndarray | None]:
     """(the results.json row, the confusion matrix [K, K + 1] or None) of one system on one test set.
 
     ``preds[i]`` is the label extracted from ``records[i]["hyp"]`` (None: invalid).  With ``gold_dists``
-    (the set's utt2dist) and records that carry "dist" (hyp_dist), the row has the distribution scores.
+    (the set's utt2dist) and records that carry "dist" (hyp_dist), the row has the distribution scores;
+    without them, ``dist_wanted`` (another row of the table has hyp_dist) makes it say why.  ``attrs`` is the
+    set's utt2attr (utt -> {key: level}), ``data_rejected`` the lines of its data dir's ``rejected``.
     """
     if len(records) != len(preds):
         raise ValueError(f"{len(records)} records but {len(preds)} extracted labels")
     scored = [(r, p) for r, p in zip(records, preds) if r.get("label") is not None]
     refs = [r["label"] for r, _ in scored]
     hyps = [INVALID if p is None else p for _, p in scored]
-    n_out = len(records)
-    row: dict = {"ua": None, "wa": None, "f1": None, "n": len(scored), "subsets": {},
-                 "sec_per_utt": (timing or {}).get("sec_per_utt"),
+    n_out, timing = len(records), timing or {}
+    row: dict = {"ua": None, "wa": None, "f1": None, "n": len(scored),
+                 "rejected": int(data_rejected) + int(timing.get("rejected") or 0), "subsets": {},
+                 "sec_per_utt": timing.get("sec_per_utt"),
                  "invalid_rate": sum(p is None for p in preds) / n_out if n_out else None,
                  "mean_words": sum(count_words(r["hyp"]) for r in records) / n_out if n_out else None,
                  "per_class": {}}
@@ -101,8 +201,20 @@ def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: S
             sub = classification_scores([refs[i] for i in members], [hyps[i] for i in members], labels)
             row["subsets"][name] = {k: sub[k] for k in SUMMARY}
         matrix = confusion(refs, hyps, labels)
-    if gold_dists and records and all("dist" in r for r in records):
+    target = timing.get("target")
+    if target:
+        row["well_formed"] = (sum(format_problem(target, r["hyp"], r.get("text")) is None for r in records) / n_out
+                              if n_out else None)
+        row["n_formatted"] = n_out
+        if target == "c2ser_explicit" and attrs is not None:
+            row["attr_words"] = attr_word_scores(records, attrs)
+    has_dist = bool(records) and all("dist" in r for r in records)
+    if gold_dists and has_dist:
         row.update(distribution_row(records, gold_dists, labels, ece_bins))
+    if dist_wanted and "js" not in row:
+        row["dist_note"] = ("no hyp_dist (decode.dist=true writes the read-out distributions)" if not has_dist
+                            else "the test set has no utt2dist" if gold_dists is None
+                            else f"none of its {n_out} utterances is in the test set's utt2dist")
     return row, matrix
 
 
@@ -116,17 +228,57 @@ def _frac(x) -> str:
     return "–" if x is None else f"{x:.4f}"
 
 
+def _judge_columns(rows: Mapping[str, Mapping]) -> list[tuple[str, str]]:
+    """(score key, column name) of the judge's scores: ``empathy[offline]``, the backend named."""
+    columns: dict[str, str] = {}
+    for row in rows.values():
+        judge = row.get("judge", {})
+        for k in judge:
+            if k not in ("n_judged", "backend") and k not in columns:
+                columns[k] = f"{k}[{judge['backend']}]" if judge.get("backend") else k
+    return sorted(columns.items())
+
+
+def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list[str], stand_in: bool) -> str:
+    """The line under a table that says what its columns are."""
+    parts = ["UA = unweighted average recall, WA = accuracy, F1 = macro-F1, in % of the n utterances with a "
+             "reference label" + (" (UA x: of utt2subset's subset x)" if subsets else ""),
+             "invalid % = outputs with no extractable label", "words = mean words per output",
+             "sec/utt = seconds of generate alone per utterance (GPU synchronised; loading excluded)",
+             "rejected = test-set utterances lost in stages 1-2 or in decoding"]
+    if formatted:
+        parts.append("well-formed % = outputs in the format of the target the prompt was trained on")
+    if attr:
+        parts.append("pitch / loudness / rate word % = explicit-CoT level words matching utt2attr, over the "
+                     "attr n outputs that state all three")
+    if dist:
+        parts.append("JS (bits) / BC / Brier / ECE / acc dist % = Jensen-Shannon divergence (log 2), "
+                     "Bhattacharyya coefficient, per-class Brier score, calibration error and arg-max accuracy "
+                     "of the read-out distributions against utt2dist")
+    if judged:
+        parts.append("rubric[backend] = mean judge score" + (", [offline] a rule stand-in, not a model judge"
+                                                                  if stand_in else "")
+                     + "; not judged = outputs the judge could not score")
+    return "Columns: " + "; ".join(parts) + "."
+
+
 def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
-    """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n; then, when a
-    row has them, JS (bits) / BC / Brier / ECE / arg-max accuracy % of the read-out distributions, and the
-    judge's mean scores."""
+    """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n, rejected; when a
+    row has them, well-formed %, the attribute words' accuracy, JS (bits) / BC / Brier / ECE / arg-max
+    accuracy % of the read-out distributions, and the judge's mean scores; under it, what the columns are
+    and why a row has no distribution scores."""
     parts = []
     for test_set, rows in results.items():
         subsets = sorted({s for row in rows.values() for s in row["subsets"]})
         dist = any("js" in row for row in rows.values())
-        judged = sorted({k for row in rows.values() for k in row.get("judge", {}) if k != "n_judged"})
+        formatted = any("well_formed" in row for row in rows.values())
+        attr = any("attr_words" in row for row in rows.values())
+        judged = _judge_columns(rows)
         header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n",
-                  *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []), *judged]
+                  "rejected", *(["well-formed %"] if formatted else []),
+                  *([f"{a} word %" for a in ATTR_KEYS] + ["attr n"] if attr else []),
+                  *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
+                  *(name for _, name in judged), *(["not judged"] if judged else [])]
         lines = [f"### {test_set}", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
@@ -135,11 +287,25 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
                      _pct(row["invalid_rate"]),
                      "–" if row["mean_words"] is None else f"{row['mean_words']:.1f}",
                      "–" if row["sec_per_utt"] is None else f"{row['sec_per_utt']:.4g}",
-                     str(row["n"])]
+                     str(row["n"]), str(row.get("rejected", "–"))]
+            if formatted:
+                cells.append(_pct(row.get("well_formed")))
+            if attr:
+                words = row.get("attr_words", {})
+                cells += [*(_pct(words.get(a)) for a in ATTR_KEYS),
+                          f"{words['n']}/{words['n_total']}" if words else "–"]
             if dist:
                 cells += [*(_frac(row.get(k)) for k in ("js", "bc", "brier", "ece")), _pct(row.get("acc_dist"))]
-            cells += ["–" if row.get("judge", {}).get(k) is None else f"{row['judge'][k]:.2f}" for k in judged]
+            cells += ["–" if row.get("judge", {}).get(k) is None else f"{row['judge'][k]:.2f}" for k, _ in judged]
+            if judged:
+                cells.append(str(row.get("not_judged", "–")))
             lines.append("| " + " | ".join(cells) + " |")
+        stand_in = any(row.get("judge", {}).get("backend") == "offline" for row in rows.values())
+        lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in)]
+        notes = [f"- {name}: no distribution scores: {row['dist_note']}."
+                 for name, row in rows.items() if row.get("dist_note")]
+        if notes:
+            lines += ["", *notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -168,20 +334,30 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> byte
     return buf.getvalue()
 
 
-def judge_row(scores: Sequence[Mapping[str, float] | None]) -> dict:
-    """The mean of each score key over the outputs the judge scored (None where it could not)."""
+def judge_row(scores: Sequence[Mapping[str, float] | None], backend: str | None = None) -> dict:
+    """The mean of each score key over the outputs the judge scored (None where it could not), with the
+    ``backend`` that scored them: a stand-in's numbers must carry its name."""
     kept = [s for s in scores if s is not None]
     keys = sorted({k for s in kept for k in s})
-    return {**{k: float(np.mean([s[k] for s in kept if k in s])) for k in keys}, "n_judged": len(kept)}
+    row = {"backend": backend} if backend else {}
+    return {**row, **{k: float(np.mean([s[k] for s in kept if k in s])) for k in keys}, "n_judged": len(kept)}
 
 
 def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mapping]],
-                  confusions: Mapping[tuple[str, str], np.ndarray], labels: Sequence[str]) -> str:
-    """Write results.json, results.md and confusion_<set>_<row>.png (each atomically); return the markdown."""
+                  confusions: Mapping[tuple[str, str], np.ndarray], labels: Sequence[str],
+                  provenance: Mapping | None = None) -> str:
+    """Write results.json ({"provenance", "tables"}), results.md and confusion_<set>_<row>.png (each
+    atomically); return the markdown.  Plots of tables or rows no longer in ``results`` are removed, so a
+    directory never shows a confusion matrix of an earlier run beside this one's table."""
     out_dir = Path(out_dir)
-    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    document = {"provenance": dict(provenance or {}), "tables": results}
+    write_text_atomic(out_dir / "results.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     markdown = results_markdown(results)
     write_text_atomic(out_dir / "results.md", markdown)
+    wanted = {f"confusion_{test_set}_{row}.png" for test_set, row in confusions}
+    for old in out_dir.glob("confusion_*.png"):
+        if old.name not in wanted:
+            old.unlink()
     for (test_set, row), matrix in confusions.items():
         write_bytes_atomic(out_dir / f"confusion_{test_set}_{row}.png",
                            confusion_png(matrix, labels, f"{test_set}: {row}"))

@@ -23,7 +23,10 @@ from local.data.shards import write_shards
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import (DataDirBatches, decode, decode_test_set, generation_kwargs, read_decode_dir, resolve_test_set,
                                write_decode_dir)
+from local.bin.score import judge_entry
 from local.eval.judge import JudgeItem, offline_empathy
+from local.eval.report import LEVEL_VOCAB, attribute_words, results_markdown
+from local.reasoning.targets import format_problem
 from local.eval.extract import extract_label, extract_labels
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.models import alm, feature_norm
@@ -35,7 +38,7 @@ from local.train.sft import with_transcript
 from local.utils.hydra import compose
 from test_alm import PROMPT, build_tiny, tiny_dirs  # noqa: F401  (tiny_dirs: the tiny Whisper / LM fixture)
 
-ROW_KEYS = {"ua", "wa", "f1", "n", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class"}
+ROW_KEYS = {"ua", "wa", "f1", "n", "rejected", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -182,6 +185,14 @@ def test_decoding_normalises_by_the_test_sets_own_speakers(tiny_dirs, test_dirs,
             torch.testing.assert_close((mean, std), tables[1][spk][name], atol=1e-5, rtol=1e-5)
 
 
+def as_trained(model, cfg):
+    """The model with the facts stage 6 would have saved with it (training.yaml): its instructions, read-out."""
+    from local.train.sft import training_facts
+
+    model.facts = training_facts(model, cfg.sft, (cfg.sft.explicit, cfg.sft.implicit))
+    return model
+
+
 def test_decode_and_score_entry_points(tiny_dirs, test_dirs, monkeypatch, capsys):
     # a user's own data dir: wav.scp only, one entry unreadable
     user = test_dirs / "mine"
@@ -189,13 +200,13 @@ def test_decode_and_score_entry_points(tiny_dirs, test_dirs, monkeypatch, capsys
     wavs = read_table(test_dirs / "data" / "test" / "wav.scp")
     (user / "wav.scp").write_text("".join(f"x{i} {p}\n" for i, p in enumerate(list(wavs.values())[:3]))
                                   + "x9 /no/such/file.wav\n")
-    model = build_tiny(tiny_dirs).eval()
-    asked = []
-    monkeypatch.setattr(alm, "load_alm", lambda path, device: asked.append((path, device)) or model)
     cfg = compose([f"data_root={test_dirs / 'data'}",
                    f"dump_root={test_dirs / 'dump'}", f"exp_root={test_dirs / 'exp'}",
                    f"test_sets=[test,{user}]", "decode.batch_size=4", "decode.device=cpu",
-                   "decode.prompts.explicit.max_new_tokens=6", "decode.prompts.implicit.max_new_tokens=3"])
+                   "decode.max_new_tokens.c2ser_explicit=6", "decode.max_new_tokens.c2ser_implicit=3"])
+    model = as_trained(build_tiny(tiny_dirs).eval(), cfg)
+    asked = []
+    monkeypatch.setattr(alm, "load_alm", lambda path, device: asked.append((path, device)) or model)
     decode_main(cfg)
     exp = test_dirs / "exp" / "c2ser"
     assert asked == [(exp / "distill" / "model", "cpu")]
@@ -213,7 +224,7 @@ def test_decode_and_score_entry_points(tiny_dirs, test_dirs, monkeypatch, capsys
             assert all(r["label"] is None for r in records) == (name == "mine")
 
     markdown = score_main(cfg)
-    results = json.loads((exp / "results.json").read_text())
+    results = json.loads((exp / "results.json").read_text())["tables"]
     assert list(results) == ["test", "mine"]
     assert set(results["test"]) == {"explicit", "implicit"}  # no utt2attr: no attribute row
     assert results["test"]["implicit"]["n"] == 6 and set(results["test"]["implicit"]["subsets"]) == {
@@ -232,12 +243,12 @@ def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_
     soft = ["anger:0.6000 sadness:0.4000", "neutral:0.5000 sadness:0.5000", "fear:1.0000"]
     tables["utt2dist"] = {u: soft[i % 3] for i, u in enumerate(tables.utts)}
     tables.save(data)
-    model = build_tiny(tiny_dirs).eval()
-    monkeypatch.setattr(alm, "load_alm", lambda path, device: model)
     cfg = compose([f"data_root={test_dirs / 'data'}", f"dump_root={test_dirs / 'dump'}",
                    f"exp_root={test_dirs / 'exp'}", "test_sets=[test]", "decode.batch_size=4", "decode.device=cpu",
-                   "decode.modes=[explicit]", "decode.prompts.explicit.max_new_tokens=6", "decode.dist=true",
+                   "decode.modes=[explicit]", "decode.max_new_tokens.c2ser_explicit=6", "decode.dist=true",
                    "score.attributes=false"])
+    model = as_trained(build_tiny(tiny_dirs).eval(), cfg)
+    monkeypatch.setattr(alm, "load_alm", lambda path, device: model)
     decode_main(cfg)
     decode_dir = test_dirs / "exp" / "c2ser" / "decode_test_explicit"
     records, timing = read_decode_dir(decode_dir)
@@ -248,7 +259,7 @@ def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_
                                               for line in (decode_dir / "hyps.jsonl").read_text().splitlines())
     # hyp_dist is the read-out after each hypothesis (here recomputed from the audio, not the feature cache)
     readout = Readout(model.tokenizer)
-    instruction = load_prompt(cfg.decode.prompts.explicit.instruction)
+    instruction = load_prompt("c2ser_explicit_instruction")
     loader = ShardLoader(test_dirs / "dump" / "test" / "shards", batch_size=6, shuffle=False, rank=0, world_size=1)
     batch = next(iter(loader))
     hyps = {r["utt"]: r["hyp"] for r in records}
@@ -261,16 +272,17 @@ def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_
 
     score_main(cfg)
     exp = test_dirs / "exp" / "c2ser"
-    row = json.loads((exp / "results.json").read_text())["test"]["explicit"]
+    row = json.loads((exp / "results.json").read_text())["tables"]["test"]["explicit"]
     gold = [parse_dist(tables["utt2dist"][u]) for u in tables.utts]
     scores = distribution_scores([parse_dist(table[u]) for u in tables.utts], gold, EMOTIONS)
     assert {k: row[k] for k in ("js", "bc", "brier", "ece", "acc_dist", "n_dist")} == {
         "js": scores["js"], "bc": scores["bc"], "brier": scores["brier"], "ece": scores["ece"],
         "acc_dist": scores["acc"], "n_dist": 6}
-    assert set(row) == ROW_KEYS | {"js", "bc", "brier", "ece", "acc_dist", "n_dist"}
+    formatted = {"well_formed", "n_formatted"} if "target" in timing else set()  # timing names the prompt's target
+    assert set(row) == ROW_KEYS | {"js", "bc", "brier", "ece", "acc_dist", "n_dist"} | formatted
     md = (exp / "results.md").read_text()
-    assert "| sec/utt | n | JS (bits) | BC | Brier | ECE | acc dist % |" in md
-    assert (f"| 6 | {row['js']:.4f} | {row['bc']:.4f} | {row['brier']:.4f} | {row['ece']:.4f} | "
+    assert "| sec/utt | n | rejected | well-formed % | JS (bits) | BC | Brier | ECE | acc dist % |" in md
+    assert (f"| 6 | 0 | {100 * row['well_formed']:.2f} | {row['js']:.4f} | {row['bc']:.4f} | {row['brier']:.4f} | {row['ece']:.4f} | "
             f"{100 * row['acc_dist']:.2f} |") in md
 
 
@@ -302,11 +314,14 @@ HAND = [  # utt, reference, subset, output
 HAND_PREDS = ["anger", "happiness", "happiness", None, "sadness", "sadness"]
 
 
-def write_hand_decode(decode_dir: Path, outputs, sec_per_utt: float, set_name="t1", mode="implicit"):
+def write_hand_decode(decode_dir: Path, outputs, sec_per_utt: float, set_name="t1", mode="implicit", dists=None,
+                      **timing):
     records = [{"utt": u, "hyp": h, "label": ref, "subset": sub, "lang": "en", "text": "x", "n_tokens": 5}
                for (u, ref, sub, _), h in zip(HAND, outputs)]
+    for r, dist in zip(records, dists or []):
+        r["dist"] = dist
     write_decode_dir(decode_dir, records, {"n": 6, "seconds": 6 * sec_per_utt, "sec_per_utt": sec_per_utt,
-                                           "tokens_per_utt": 5.0, "set": set_name, "mode": mode})
+                                           "tokens_per_utt": 5.0, "set": set_name, "mode": mode, **timing})
 
 
 def test_results_have_the_documented_shape_and_the_metrics_values(tmp_path, capsys):
@@ -320,7 +335,7 @@ def test_results_have_the_documented_shape_and_the_metrics_values(tmp_path, caps
     cfg.score.baselines = {"text_only": str(tmp_path / "exp" / "text" / "decode_{set}_implicit")}
     score_main(cfg)
 
-    results = json.loads((exp / "results.json").read_text())
+    results = json.loads((exp / "results.json").read_text())["tables"]
     assert list(results) == ["t1"] and list(results["t1"]) == ["explicit", "implicit", "text_only"]
     row = results["t1"]["implicit"]
     assert set(row) == ROW_KEYS
@@ -342,10 +357,12 @@ def test_results_have_the_documented_shape_and_the_metrics_values(tmp_path, caps
 
     md = (exp / "results.md").read_text()
     assert md in capsys.readouterr().out
-    assert "| system | UA | WA | F1 | UA conflict | UA consistent | invalid % | words | sec/utt | n |" in md
+    assert "| system | UA | WA | F1 | UA conflict | UA consistent | invalid % | words | sec/utt | n | rejected |" in md
     assert (f"| implicit | {100 * row['ua']:.2f} | 50.00 | {100 * row['f1']:.2f} | "
             f"{100 * row['subsets']['conflict']['ua']:.2f} | {100 * row['subsets']['consistent']['ua']:.2f} | "
-            f"16.67 | {row['mean_words']:.1f} | 0.01 | 6 |") in md
+            f"16.67 | {row['mean_words']:.1f} | 0.01 | 6 | 0 |") in md
+    assert "Columns: UA = unweighted average recall, WA = accuracy, F1 = macro-F1" in md
+    assert "well-formed" not in md and "JS" not in md and "no distribution scores" not in md
 
     png = exp / "confusion_t1_implicit.png"
     assert png.read_bytes().startswith(PNG_SIGNATURE)
@@ -363,13 +380,174 @@ def test_judge_rubrics_add_the_mean_judge_score_of_each_row(tmp_path):
     cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
                    "score.attributes=false", "score.judge_rubrics=[empathy]", "judge=offline"])
     score_main(cfg)
-    row = json.loads((exp / "results.json").read_text())["t1"]["implicit"]
+    row = json.loads((exp / "results.json").read_text())["tables"]["t1"]["implicit"]
     want = [offline_empathy(JudgeItem(utt=u, output=h, label=ref, text="x"))["empathy"]
             for (u, ref, _, _), h in zip(HAND, outputs)]
     assert len(set(want)) > 1  # the outputs differ in empathy, so the mean says something
-    assert row["judge"] == {"empathy": pytest.approx(np.mean(want)), "n_judged": 6}
-    assert f"| {np.mean(want):.2f} |" in (exp / "results.md").read_text()
-    assert "| empathy |" in (exp / "results.md").read_text()
+    assert row["judge"] == {"backend": "offline", "empathy": pytest.approx(np.mean(want)), "n_judged": 6}
+    assert row["not_judged"] == 0
+    md = (exp / "results.md").read_text()
+    assert "| n | rejected | empathy[offline] | not judged |" in md
+    assert f"| {np.mean(want):.2f} | 0 |" in md
+    assert "[offline] a rule stand-in, not a model judge" in md
+
+
+# --- what stage 10 checks and counts ------------------------------------------------------------
+
+def write_set(path: Path, rejected=None, **tables):
+    """A test set's data dir with the HAND utterances (and ``rejected``, as stage 1 writes it)."""
+    base = {"utt2spk": {u: u.split("-")[0] for u, *_ in HAND}, "utt2emo": {u: ref for u, ref, *_ in HAND}}
+    DataDir({**base, **tables}, dict(rejected or {})).save(path)
+
+
+def test_well_formed_rate_of_each_target_format_and_the_utterances_lost(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    write_set(tmp_path / "data" / "t1", rejected={"s3-x": "empty audio (0 samples)", "s3-y": "longer than 20 s"})
+    implicit = [h for *_, h in HAND]
+    eips = ["<thought>Emotion perception: anger. Intent: respect. Psychological modelling: defensive. "
+            "Strategy: validate.</thought><response>That was unfair.</response>",
+            "<thought>Emotion perception: sadness.</thought><response>I am here.</response>",  # steps missing
+            "I hear you.", "<thought>Emotion perception: joy. Intent: share. Psychological modelling: open. "
+            "Strategy: celebrate.</thought><response></response>", "", "<response>ok</response>"]
+    write_hand_decode(exp / "decode_t1_implicit", implicit, 0.01, target="c2ser_implicit", rejected=1)
+    write_hand_decode(exp / "decode_t1_cot", eips, 0.01, mode="cot", target="eips", rejected=1)
+    write_hand_decode(exp / "decode_t1_plain", implicit, 0.01, mode="plain")  # an older decode: no target
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
+                   "score.attributes=false"])
+    score_main(cfg)
+    rows = json.loads((exp / "results.json").read_text())["tables"]["t1"]
+    for name, target, outputs in (("implicit", "c2ser_implicit", implicit), ("cot", "eips", eips)):
+        want = [format_problem(target, h, "x") is None for h in outputs]
+        assert rows[name]["well_formed"] == pytest.approx(np.mean(want)) and rows[name]["n_formatted"] == 6
+        assert rows[name]["rejected"] == 2 + 1  # the data dir's rejected, then decoding's
+    assert rows["implicit"]["well_formed"] == pytest.approx(5 / 6)  # "I cannot tell." names no label
+    assert rows["cot"]["well_formed"] == pytest.approx(1 / 6)
+    assert "well_formed" not in rows["plain"] and rows["plain"]["rejected"] == 2
+    md = (exp / "results.md").read_text()
+    assert "| n | rejected | well-formed % |" in md
+    assert "| 6 | 3 | 83.33 |" in md and "| 6 | 2 | – |" in md
+    assert "well-formed % = outputs in the format of the target the prompt was trained on" in md
+
+
+@pytest.mark.parametrize("rate", ["Low", "Medium", "High"])
+def test_attribute_words_of_every_teacher_phrasing_are_read_back(rate):
+    requests = [Request(key=f"u{i}", type="c2ser_explicit", utt=f"u{i}-{pitch}{energy}", label="anger",
+                        text="I am here", attrs={"rate": rate, "pitch": pitch, "loudness": energy})
+                for i in range(8) for pitch in ("Low", "Medium", "High") for energy in ("Low", "Medium", "High")]
+    answers = OfflineTeacher().generate(requests)
+    assert len(set(a.split(":")[0] for a in answers)) > 6  # the templates and level words vary
+    for request, answer in zip(requests, answers):
+        want = {k: v.lower() for k, v in request.attrs.items()}
+        assert attribute_words(answer) == want, answer
+    assert attribute_words("Volume is medium, speed is high and pitch is low.") == {
+        "loudness": "medium", "rate": "high", "pitch": "low"}  # the ambiguity targets' Step 2
+    assert attribute_words("a speaking rate of fast, a volume level of quiet, and a pitch of deep") == {
+        "rate": "high", "loudness": "low", "pitch": "low"}  # the C²SER teacher prompt's phrasing
+    assert attribute_words("She spoke quickly in a brisk tempo, with a low energy level and a raised tone.") == {
+        "rate": "high", "loudness": "low", "pitch": "high"}
+    assert attribute_words("a high level of anger; the tone is sad") == {}
+    for attr, levels in LEVEL_VOCAB.items():  # a word means one level of an attribute
+        words = [w for ws in levels.values() for w in ws]
+        assert len(words) == len(set(words)), attr
+
+
+def test_explicit_cot_attribute_words_are_scored_against_utt2attr(tmp_path):
+    gold = {"s1-a": "High High High", "s1-b": "Low Low Low", "s1-c": "unknown Medium Medium",
+            "s2-a": "Medium Medium Medium", "s2-b": "High Low Low", "s2-c": "Low High High"}  # pitch loudness rate
+    said = {"s1-a": "High High High", "s1-b": "High Low Low", "s1-c": "High Medium Low", "s2-b": "High Low Low"}
+    attr_line = lambda levels: format_kv(dict(zip(("pitch", "loudness", "rate"), levels.split())))  # noqa: E731
+    write_set(tmp_path / "data" / "t1", utt2attr={u: attr_line(v) for u, v in gold.items()})
+    teacher = OfflineTeacher()
+    outputs = []
+    for utt, ref, _, _ in HAND:
+        if utt in said:
+            attrs = dict(zip(("pitch", "loudness", "rate"), said[utt].split()))
+            outputs.append(teacher.generate([Request(key=utt, type="c2ser_explicit", utt=utt, label=ref,
+                                                     text="We meet again", attrs=attrs)])[0])
+        elif utt == "s2-c":
+            outputs.append("The speaker spoke at a fast pace with a low-pitched tone. The emotion is sadness.")
+        else:
+            outputs.append("I cannot tell.")
+    exp = tmp_path / "exp" / "sys"
+    write_hand_decode(exp / "decode_t1_explicit", outputs, 0.02, mode="explicit", target="c2ser_explicit")
+    write_hand_decode(exp / "decode_t1_implicit", ["The emotion is anger."] * 6, 0.01, target="c2ser_implicit")
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
+                   "score.attributes=false"])
+    score_main(cfg)
+    rows = json.loads((exp / "results.json").read_text())["tables"]["t1"]
+    # stated all three: s1-a, s1-b, s1-c, s2-b; pitch of s1-c is unknown, so 3 scored
+    assert rows["explicit"]["attr_words"] == {"pitch": pytest.approx(2 / 3), "loudness": 1.0,
+                                              "rate": pytest.approx(3 / 4), "n": 4, "n_total": 6}
+    assert "attr_words" not in rows["implicit"]
+    assert rows["explicit"]["well_formed"] == pytest.approx(4 / 6)  # "I cannot tell.", and s2-c says no volume
+    md = (exp / "results.md").read_text()
+    assert "| well-formed % | pitch word % | loudness word % | rate word % | attr n |" in md
+    assert "| 66.67 | 66.67 | 100.00 | 75.00 | 4/6 |" in md
+    assert "| 100.00 | – | – | – | – |" in md  # the implicit row
+
+
+def test_rows_without_distribution_scores_say_why_when_the_table_has_some(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    soft = {u: f"{ref}:0.7500 neutral:0.2500" for u, ref, *_ in HAND}
+    write_set(tmp_path / "data" / "t1", utt2dist=soft)
+    write_set(tmp_path / "data" / "t2")                                            # no utt2dist
+    write_set(tmp_path / "data" / "t3", utt2dist={f"x{u}": v for u, v in soft.items()})  # other utterances
+    write_set(tmp_path / "data" / "t4", utt2dist=soft)                             # nobody asked
+    dists = [{"anger": 0.5, "neutral": 0.5}] * 6
+    outputs = [h for *_, h in HAND]
+    for name in ("t1", "t2", "t3"):
+        write_hand_decode(exp / f"decode_{name}_sft", outputs, 0.01, set_name=name, mode="sft", dists=dists)
+        write_hand_decode(exp / f"decode_{name}_implicit", outputs, 0.01, set_name=name)
+    write_hand_decode(exp / "decode_t4_implicit", outputs, 0.01, set_name="t4")
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1,t2,t3,t4]", f"score.exp_dir={exp}",
+                   "score.attributes=false"])
+    score_main(cfg)
+    results = json.loads((exp / "results.json").read_text())["tables"]
+    assert "js" in results["t1"]["sft"] and "dist_note" not in results["t1"]["sft"]
+    hyp_dist_note = "no hyp_dist (decode.dist=true writes the read-out distributions)"
+    assert results["t1"]["implicit"]["dist_note"] == hyp_dist_note
+    assert results["t2"]["sft"]["dist_note"] == "the test set has no utt2dist"
+    assert results["t3"]["sft"]["dist_note"] == "none of its 6 utterances is in the test set's utt2dist"
+    assert "dist_note" not in results["t4"]["implicit"]
+    md = (exp / "results.md").read_text()
+    tables = {t.split("\n")[0]: t for t in md.split("### ")[1:]}
+    assert f"- implicit: no distribution scores: {hyp_dist_note}." in tables["t1"]
+    assert "JS (bits)" in tables["t1"] and "JS (bits) / BC / Brier / ECE" in tables["t1"]
+    assert "- sft: no distribution scores: the test set has no utt2dist." in tables["t2"]
+    assert "no distribution scores" not in tables["t4"] and "JS" not in tables["t4"]
+
+
+def test_a_baseline_not_yet_decoded_fails_the_stage_naming_it(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    write_hand_decode(exp / "decode_t1_implicit", [h for *_, h in HAND], 0.01)
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
+                   "score.attributes=false"])
+    missing = tmp_path / "exp" / "sys_no_cot" / "decode_t1_implicit"
+    cfg.score.baselines = {"no_cot": str(tmp_path / "exp" / "sys_no_cot" / "decode_{set}_implicit")}
+    with pytest.raises(FileNotFoundError, match=rf"baseline 'no_cot'.*{missing} has no hyps.jsonl.*stage 9"):
+        score_main(cfg)
+    assert not (exp / "results.json").exists()
+    cfg.score.baselines = {"no_cot": None}  # left out on purpose
+    score_main(cfg)
+    assert list(json.loads((exp / "results.json").read_text())["tables"]["t1"]) == ["implicit"]
+
+
+def test_outputs_the_judge_could_not_score_are_counted():
+    class Flaky:
+        name = "stub"
+
+        def score(self, items, rubric):
+            return [None if i % 3 == 0 and rubric == "empathy" else {rubric: 1.0 + i} for i in range(len(items))]
+
+    records = [{"utt": f"u{i}", "hyp": "That sounds hard.", "label": "sadness"} for i in range(6)]
+    entry = judge_entry(Flaky(), ["empathy", "emotion"], records)
+    assert entry == {"judge": {"backend": "stub", "empathy": pytest.approx(np.mean([2, 3, 5, 6])),
+                               "emotion": pytest.approx(3.5), "n_judged": 4}, "not_judged": 2}
+    row = {"ua": None, "wa": None, "f1": None, "n": 0, "rejected": 0, "subsets": {}, "sec_per_utt": None,
+           "invalid_rate": None, "mean_words": None, **entry}
+    md = results_markdown({"t": {"eips": row}})
+    assert "| emotion[stub] | empathy[stub] | not judged |" in md and md.rstrip().count("| 2 |") == 1
+    assert "stand-in" not in md
 
 
 # --- the attribute baseline -------------------------------------------------------------------
@@ -416,7 +594,7 @@ def test_attribute_row_in_the_results(tmp_path):
     cfg = compose([f"data_root={tmp_path / 'data'}", f"exp_root={tmp_path / 'exp'}",
                    "test_sets=[test]"])
     score_main(cfg)
-    row = json.loads((exp / "results.json").read_text())["test"]["attributes"]
+    row = json.loads((exp / "results.json").read_text())["tables"]["test"]["attributes"]
     records, timing = read_decode_dir(exp / "attr_baseline" / "test")
     scores = classification_scores([r["label"] for r in records], [r["hyp"] for r in records], EMOTIONS)
     assert set(row) == ROW_KEYS and row["n"] == 40 and row["ua"] == scores["ua"] > 0.7
