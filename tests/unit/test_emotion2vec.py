@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from helpers.reference import import_funasr_emotion2vec, require
 from local.data.audio import read_audio, write_wav
 from local.data.kaldi import read_table
 from local.models.e2v_features import Emotion2VecFeature, extract_features, model_fingerprint, write_features
@@ -78,26 +76,9 @@ def tiny_conf(**top) -> dict:
 
 @pytest.fixture(scope="module")
 def funasr_emotion2vec():
-    """FunASR's ``Emotion2vec`` class, imported without running ``funasr/__init__.py``.
-
-    That file imports FunASR's whole training stack (wandb among it: 40-50 s on
-    the CI machine) to register every model; the emotion2vec modules need none of it.
-    """
-    pytest.importorskip("librosa")
-    spec = importlib.util.find_spec("funasr")
-    if spec is None:
-        pytest.skip("funasr (a test extra) is not installed")
-    stub = None
-    if "funasr" not in sys.modules:
-        stub = types.ModuleType("funasr")
-        stub.__path__ = list(spec.submodule_search_locations)
-        sys.modules["funasr"] = stub
-    try:
-        from funasr.models.emotion2vec.model import Emotion2vec
-    finally:
-        if stub is not None and sys.modules.get("funasr") is stub:
-            del sys.modules["funasr"]
-    return Emotion2vec
+    """FunASR's ``Emotion2vec`` class (helpers/reference.py: imported without running ``funasr/__init__.py``).
+    A missing funasr, or librosa that its emotion2vec modules import, fails the tests, never skips them."""
+    return require("funasr", import_funasr_emotion2vec)
 
 
 def build_reference(cls, conf: dict, vocab_size: int = -1, seed: int = 0):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.reference import import_pml_losses, require
 from local.data.shards import write_shards
 from local.models.e2v_pretrain import (Decoder1d, Emotion2VecPretrainer, PretrainConfig, block_mask, ema_decay,
                                        frame_targets, official_decoder_state, standardize, supcon_loss)
@@ -53,7 +54,7 @@ def test_supcon_equals_pytorch_metric_learning():
     loss when every row is labelled and the batch has at least two classes: then each anchor with a
     positive has a negative too, so its loss is > 0 and AvgNonZero averages exactly over the anchors
     with a positive (those without one have loss 0 in pml and are skipped here)."""
-    losses = pytest.importorskip("pytorch_metric_learning.losses")
+    losses = require("pytorch-metric-learning", import_pml_losses)  # a missing reference fails, never skips
     g = torch.Generator().manual_seed(1)
     z = torch.randn(16, 8, generator=g)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 3, 1, 2, 0, 1, 4, 2, 0, 1])  # 3 and 4: single members

@@ -1,9 +1,7 @@
 """Stage 8 losses against TRL's own trainer code on the same tensors, and hand-checked properties."""
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -11,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.reference import INSTALL, has_sapo, import_trl, require
 from local.train.rl.losses import (dpo_loss, group_advantages, k3_kl, kl_to_target, policy_loss, policy_stats,
                                    sapo_gate, sequence_logprobs)
 
@@ -19,21 +18,8 @@ TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def trl():
-    """TRL's GRPO and DPO trainer modules, imported with wandb hidden.
-
-    TRL imports wandb only to log.  On this stack importing wandb after torch and transformers
-    takes ~30 s (its pydantic models read attribute docstrings through inspect.getsource, which
-    walks sys.modules per class); a None entry in sys.modules makes every availability check
-    answer "not installed" for the duration of the import.
-    """
-    with pytest.MonkeyPatch.context() as mp:
-        if "wandb" not in sys.modules:
-            mp.setitem(sys.modules, "wandb", None)
-        grpo = importlib.import_module("trl.trainer.grpo_trainer")
-        dpo = importlib.import_module("trl.trainer.dpo_trainer")
-        utils = importlib.import_module("trl.trainer.utils")
-        version = importlib.import_module("trl").__version__
-    return SimpleNamespace(grpo=grpo, dpo=dpo, utils=utils, version=version)
+    """TRL's GRPO and DPO trainer modules (helpers/reference.py); a missing TRL fails, never skips."""
+    return require("trl", import_trl)
 
 
 def bare_grpo_trainer(trl, **attrs):
@@ -117,8 +103,9 @@ def test_group_advantages_equal_trl(trl, scale):
 
 
 def require_sapo(trl, kind):
-    if kind == "sapo" and not hasattr(trl.grpo.GRPOTrainer, "get_sapo_token_loss"):
-        pytest.skip(f"trl {trl.version} has no loss_type='sapo' (added in trl 0.26; the test extra needs trl>=0.26)")
+    if kind == "sapo" and not has_sapo(trl):
+        pytest.fail(f"trl {trl.version} has no loss_type='sapo' (added in trl 0.26; the test extra needs trl>=0.26): "
+                    f"{INSTALL}", pytrace=False)
 
 
 @pytest.mark.parametrize("kind", ["grpo", "sapo"])
