@@ -41,7 +41,7 @@ fi
 stage=0               # first stage to run
 stop_stage=10         # last stage to run
 skip_stages=""        # stages to skip, e.g. "3 5"
-force=false           # re-run stages even if they are marked done
+force=false           # re-run stages even when their records say they are up to date
 corpus=${EMOREASON_RECIPE}  # set by egs/<corpus>/run.sh
 system=c2ser          # c2ser | cogaudio | ambiguity | reasoning
 nj=2                  # parallel processes for the data stages, and baselines trained at once on CPU
@@ -53,8 +53,8 @@ test_sets="test"      # data/<set> for each test set, space separated
 data_root=data        # where data dirs live (relative to the recipe dir)
 dump_root=dump        # shards and caches
 exp_root=exp          # models, decodes, results
-experiment_suffix=""  # the experiment config is experiment/<system><suffix> (a recipe sets e.g. _mini)
 baselines=auto        # ablations trained beside the system (conf/baseline/); auto: those of the system's paper
+e2v_table=false       # stage 5 also pre-trains Emotion2Vec-F and runs the linear probe (C²SER Table V analogue)
 # Hydra overrides passed through to each stage's entry point, e.g. "format.max_dur=15".
 prepare_args=""
 format_args=""
@@ -62,6 +62,7 @@ attributes_args=""
 targets_args=""
 shards_args=""
 pretrain_args=""
+probe_args=""
 sft_args=""
 distill_args=""
 rl_args=""
@@ -78,7 +79,7 @@ Stages:
   2   attributes  pitch, loudness, speaking rate -> Low/Medium/High          data/<set>/utt2attr
   3   targets     reasoning targets from a teacher (offline|hf|openai)       data/<set>/targets.jsonl
   4   shards      webdataset shards                                          dump/<set>/shards/
-  5   pretrain    Emotion2Vec-S pre-training + linear probe                  exp/e2vs/
+  5   pretrain    Emotion2Vec-S pre-training (+ -F and the probe: --e2v_table) exp/e2vs/
   6   sft         Stage I explicit reasoning SFT                             exp/<system>/sft/
   7   distill     Stage II implicit internalisation                          exp/<system>/distill/
   8   rl          Stage III dr_sapo | sapo | grpo | grpoz | dpo              exp/<system>/rl/
@@ -88,14 +89,18 @@ Stages:
 Options:
   --stage N / --stop_stage N   range of stages to run (default ${stage}..${stop_stage})
   --skip_stages "N M"          stages to skip
-  --force true                 re-run stages even if marked done
+  --force true                 re-run stages even when their records say they are up to date
   --system NAME                c2ser | cogaudio | ambiguity | reasoning (default ${system})
   --nj N                       parallel processes for the data stages, and baselines
                                trained at once on CPU (default ${nj})
   --ngpu N                     GPUs (0 = CPU, default ${ngpu})
   --python PATH                Python interpreter (default ${python})
   --train_set / --dev_set / --test_sets   data dirs under ${data_root}/
-  --<stage>_args "k=v ..."     Hydra overrides for that stage's entry point
+  --e2v_table true             stage 5 also trains Emotion2Vec-F and probes both (C²SER Table V)
+  --<stage>_args "k=v ..."     Hydra overrides for that stage's entry point (and probe_args)
+
+A stage is skipped when its record (provenance.json) says it was made from the same config keys
+and the same input content as now (python -m local.bin.stamp STAGE ARGS... tells why not).
 EOF
 )
 
@@ -118,7 +123,7 @@ if [ "${baselines}" = auto ]; then
 fi
 
 # Refuse up front, before any work, model stages for a system this version has no settings for.
-experiment=experiment/${system}${experiment_suffix}.yaml
+experiment=experiment/${system}.yaml
 if [ "${stop_stage}" -ge 5 ] && [ ! -f "${main_root}/conf/${experiment}" ] && [ ! -f "conf/${experiment}" ]; then
   log "Error: --system ${system} is not built yet in this version of EmoReason (no conf/${experiment})."
   log "The data stages run for any system: '$0 --stop_stage 4'."
@@ -135,67 +140,73 @@ mkdir -p "${exp_root}/log"
 
 test_list="[$(echo ${test_sets} | tr ' ' ',')]"
 all_sets="${train_set} ${dev_set} ${test_sets}"
-# Overrides every stage gets: the corpus config and the data layout.
+# Overrides every stage gets: the corpus config, the recipe's sizes and budgets, and the data layout.
 common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
 train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
-experiment_args="experiment=${system}${experiment_suffix}"
+if [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; then
+  common_args+=" recipe=${corpus}"
+fi
+experiment_args="experiment=${system}"
 
-# run_stage N MARKER_DIR CHAIN COMMAND... : run a stage unless its marker holds the same command.
-# Stages form chains: "data" (0-5), one per experiment (6-9) and "all" (10).  A stage that
-# runs makes the later stages of its chain run too, and every stage after a data stage.
-# What ran is a file per chain in ${ran_dir}, so chains run in the background count too.
+# run_stage N NAME TAG MODULE ARGS... : stage N runs `python -m MODULE ARGS` (logged in
+# exp/log/N.NAME.TAG.log) unless its records say it is up to date for these ARGS: made from the
+# same values of the config keys it reads and the same content of its inputs (local/bin/stages.py).
+# A stage that runs changes what the next ones read, so they run too; one that writes the same
+# bytes again leaves them up to date.
 ran_dir=$(mktemp -d)
 trap 'rm -rf "${ran_dir}"' EXIT
 run_stage() {
-  local n=$1 marker_dir=$2 chain=$3; shift 3
-  local name=${stage_names[$n]}
-  local marker=${marker_dir}/.${name}.done
-  local cmd upstream=false
-  cmd=$(printf '%q ' "$@")
+  local n=$1 name=$2 tag=$3 module=$4 why
+  shift 4
   if [ ${stage} -gt "${n}" ] || [ ${stop_stage} -lt "${n}" ] || [[ " ${skip_stages} " == *" ${n} "* ]]; then
     return 0
   fi
-  if [ -e "${ran_dir}/data" ] || [ -e "${ran_dir}/${chain}" ] || { [ "${chain}" = all ] && [ -n "$(ls -A "${ran_dir}")" ]; }; then
-    upstream=true
+  if ! ${force}; then
+    if why=$(${python} -m local.bin.stamp "${name}" "$@" 2>&1); then
+      log "Stage ${n} (${name}, ${tag}): up to date, skipped"
+      [ -z "${why}" ] || echo "${why}" | sed 's/^/    /'
+      return 0
+    fi
+    log "Stage ${n} (${name}, ${tag}) runs, because:"
+    echo "${why}" | sed 's/^/    /'
   fi
-  if ! ${force} && ! ${upstream} && [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${cmd}" ]; then
-    log "Stage ${n} (${name}): done already (${marker}), skipped"
-    return 0
-  fi
-  log "Stage ${n} (${name}): $*"
-  rm -f "${marker}"
-  ${train_cmd} "${exp_root}/log/${n}.${name}.${chain}.log" "$@"
-  mkdir -p "${marker_dir}"
-  echo "${cmd}" > "${marker}"
-  touch "${ran_dir}/${chain}"
+  log "Stage ${n} (${name}, ${tag}): ${python} -m ${module} $*"
+  ${train_cmd} "${exp_root}/log/${n}.${name}.${tag}.log" ${python} -m "${module}" "$@"
+  touch "${ran_dir}/${name}"
 }
 
 # shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
-run_stage 0 "${data_root}" data ${python} prepare.py ${common_args} ${prepare_args}
-if [ -e "${ran_dir}/data" ]; then  # stage 0 ran just now
+run_stage 0 prepare data local.bin.prepare ${common_args} ${prepare_args}
+if [ -e "${ran_dir}/prepare" ]; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
     ${python} -m local.bin.validate --report "${data_root}/${s}" || true
   done
 fi
-run_stage 1 "${data_root}" data ${python} -m local.bin.format ${common_args} ${format_args}
-run_stage 2 "${data_root}" data ${python} -m local.bin.attributes ${common_args} ${attributes_args}
-run_stage 3 "${data_root}" data ${python} -m local.bin.targets ${common_args} ${targets_args}
-run_stage 4 "${dump_root}" data ${python} -m local.bin.shards ${common_args} ${shards_args}
+run_stage 1 format data local.bin.format ${common_args} ${format_args}
+run_stage 2 attributes data local.bin.attributes ${common_args} ${attributes_args}
+run_stage 3 targets data local.bin.targets ${common_args} ${targets_args}
+run_stage 4 shards data local.bin.shards ${common_args} ${shards_args}
 if [ ${stop_stage} -ge 1 ] && [ ${stage} -le 4 ]; then
   ${python} -m local.bin.summary --data_root "${data_root}" --dump_root "${dump_root}" ${all_sets}
 fi
-run_stage 5 "${exp_root}/e2vs" data ${python} -m local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
+run_stage 5 pretrain e2vs local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
+if ${e2v_table}; then  # C²SER Table V: Emotion2Vec-S vs -F (no L_cate) vs the untrained init, by linear probe
+  run_stage 5 pretrain e2vf local.bin.pretrain ${common_args} ${experiment_args} pretrain.lambda_cate=0 \
+    "pretrain.exp_dir=${exp_root}/e2vf" ${pretrain_args}
+  run_stage 5 probe probe local.bin.probe ${common_args} ${experiment_args} ${probe_args}
+  if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then cat "${exp_root}/probe/results.md"; fi
+fi
 
 # Stages 6-9 of one experiment: the system (main) or a baseline (conf/baseline/<name>.yaml), in exp/<exp_name>/.
 run_experiment() {
   local variant=$1 exp_name=${system} variant_args="" args
   if [ "${variant}" != main ]; then exp_name=${system}_${variant}; variant_args="baseline=${variant}"; fi
   args="${common_args} ${experiment_args} ${variant_args}"
-  run_stage 6 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.sft ${args} ${sft_args}
-  run_stage 7 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.distill ${args} ${distill_args}
-  run_stage 8 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.rl ${args} ${rl_args}
-  run_stage 9 "${exp_root}/${exp_name}" "${exp_name}" ${python} -m local.bin.decode ${args} ${decode_args}
+  run_stage 6 sft "${exp_name}" local.bin.sft ${args} ${sft_args}
+  run_stage 7 distill "${exp_name}" local.bin.distill ${args} ${distill_args}
+  run_stage 8 rl "${exp_name}" local.bin.rl ${args} ${rl_args}
+  run_stage 9 decode "${exp_name}" local.bin.decode ${args} ${decode_args}
 }
 # Experiments run on CPU ${nj} at a time, each a single-threaded process on its own core; on GPUs
 # one after another.  A baseline that starts from the system's models names the system's exp dir
@@ -237,7 +248,7 @@ if [ ${failed} -gt 0 ]; then
   log "Error: ${failed} experiment(s) failed; see ${exp_root}/log/"
   exit 1
 fi
-run_stage 10 "${exp_root}/${system}" all ${python} -m local.bin.score ${common_args} ${experiment_args} ${score_args}
+run_stage 10 score "${system}" local.bin.score ${common_args} ${experiment_args} ${score_args}
 if [ ${stop_stage} -ge 10 ] && [ -f "${exp_root}/${system}/results.md" ]; then
   cat "${exp_root}/${system}/results.md"
 fi

@@ -10,5 +10,4 @@ exec ../../run.sh \
   --train_set train \
   --dev_set dev \
   --test_sets "test" \
-  --experiment_suffix _mini \
   "$@"

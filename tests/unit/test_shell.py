@@ -64,7 +64,7 @@ def test_run_sh_refuses_unbuilt_systems_up_front(tmp_path):
     out = subprocess.run(["egs/mini_lime/run.sh", "--system", "reasoning", "--stage", "3", "--stop_stage", "8",
                           "--exp_root", str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1
-    assert "--system reasoning is not built yet" in out.stdout and "conf/experiment/reasoning_mini.yaml" in out.stdout
+    assert "--system reasoning is not built yet" in out.stdout and "conf/experiment/reasoning.yaml" in out.stdout
     assert not (tmp_path / "exp").exists()  # refused before doing anything
 
 
@@ -83,14 +83,19 @@ def test_run_sh_help_lists_all_stages():
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for the stages: logs "start|end <module> <exp_name>" and fails where told.
+# Stands in for the stages: logs "start|end <module> <exp_name>" and fails where told; answers run.sh's
+# `-m local.bin.stamp STAGE ARGS` with "up to date" (0) once that stage of that experiment has run.
 name=main
 for a in "$@"; do case "$a" in baseline=*) name=${a#baseline=} ;; esac; done
+if [ "$2" = local.bin.stamp ]; then
+  [ -e "${CALLS}.done/$3.${name}" ]; exit
+fi
 echo "start $2 ${name}" >> "$CALLS"
 sleep 0.3
 [ "${name}" = main ] || sleep "${BASELINE_SLEEP:-0}"
 echo "end $2 ${name}" >> "$CALLS"
 [ "${name}" != "${FAIL:-}" ] || exit 3
+mkdir -p "${CALLS}.done" && touch "${CALLS}.done/${2#local.bin.}.${name}"
 """
 
 
@@ -134,7 +139,7 @@ def test_run_sh_runs_two_experiments_at_a_time_and_waits_for_the_system_where_a_
 
     again, calls = run_model_stages(tmp_path, "--system", "ambiguity")
     assert again.returncode == 0 and calls == []  # every stage done already
-    assert again.stdout.count("done already") == 5 * 4 + 1
+    assert again.stdout.count("up to date, skipped") == 5 * 4 + 1
 
 
 def test_run_sh_fails_when_a_baseline_fails_and_keeps_the_others(tmp_path):
