@@ -68,14 +68,15 @@ def decode_sets(cfg: DictConfig) -> None:
                 model, test_set, text, gen, batch_size=opts.batch_size, max_seconds=opts.max_seconds,
                 features=None if opts.features is None else list(opts.features),
                 num_workers=opts.num_workers, transcript_in_prompt=bool(facts.get("transcript_in_prompt")),
-                readout=readout)
+                readout=readout, speaker_stats=opts.speaker_stats)
             out_dir = decode_dir(cfg, entry, mode)
             write_decode_dir(out_dir, records, {
                 **timing, "set": test_set.name, "mode": mode, "target": target, "labels": facts.get("labels"),
                 "data_dir": str(test_set.data_dir),
                 "source": "data" if test_set.shard_dir is None else str(test_set.shard_dir),
                 "model_dir": str(model_dir), "instruction": text, "gen_kwargs": gen,
-                "batch_size": opts.batch_size, "device": device, "readout": facts.get("readout") if opts.dist else None})
+                "batch_size": opts.batch_size, "device": device, "speaker_stats": opts.speaker_stats,
+                "readout": facts.get("readout") if opts.dist else None})
             log.info("%s: %d utterances, %.3f s/utt, %.1f tokens/utt, %d rejected -> %s", out_dir.name,
                      timing["n"], timing["sec_per_utt"] or 0, timing["tokens_per_utt"] or 0,
                      timing["rejected"], out_dir)

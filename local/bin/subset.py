@@ -6,7 +6,8 @@
   python -m local.bin.subset data/test data/test_mine --utt-list utts.txt
 
 Every table is cut to the chosen utterances; targets.jsonl keeps their records
-only; other files (attr_stats.json, a README) are copied as they are.
+only; other files (attr_stats.json, a README) are copied as they are, but not
+the source's stage records (provenance.json): they describe another dir.
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 from local.data.kaldi import UTT_TABLES, DataDir
 from local.data.shards import read_targets
 from local.utils.atomic import write_text_atomic
+from local.utils.digest import RECORD
 
 
 def read_list(path: str) -> set[str]:
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
             records = read_targets(item)
             write_text_atomic(dst / item.name, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                       for u in keep for r in records.get(u, [])))
-        elif item.is_file() and item.name not in {*UTT_TABLES, "spk2utt", "rejected"}:
+        elif item.is_file() and item.name not in {*UTT_TABLES, "spk2utt", "rejected", RECORD}:
             shutil.copy2(item, dst / item.name)
     print(f"{dst}: {len(keep)} of {len(utts)} utterances")
     return 0

@@ -285,11 +285,20 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
 def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kwargs: Mapping, *,
                     batch_size: int | None, max_seconds: float | None = None,
                     features: Sequence[str] | None = None, num_workers: int = 0,
-                    transcript_in_prompt: bool = False, readout: Readout | None = None) -> tuple[list[dict], dict]:
-    """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once."""
-    if model.speaker_norm:
+                    transcript_in_prompt: bool = False, readout: Readout | None = None,
+                    speaker_stats: bool = True) -> tuple[list[dict], dict]:
+    """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once.
+
+    With per-speaker normalisation, each test speaker's statistics come from that speaker's utterances in
+    the test set itself (its unlabelled audio, all of it, before decoding: a transductive choice, as
+    Kaldi's per-speaker CMVN makes it); ``speaker_stats=False`` gives every test speaker the training set's
+    global statistics instead, for the row without them.
+    """
+    if model.speaker_norm and speaker_stats:
         model.fit_feature_norm(open_batches(test_set, model, batch_size, max_seconds, features, num_workers)[0],
                                speakers=True)
+    elif model.speaker_norm:
+        model.feature_norm.speakers = {}
     loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers)
     records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt,
                              readout=readout)

@@ -262,13 +262,15 @@ def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list
     return "Columns: " + "; ".join(parts) + "."
 
 
-def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
+def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: Mapping | None = None) -> str:
     """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n, rejected; when a
     row has them, well-formed %, the attribute words' accuracy, JS (bits) / BC / Brier / ECE / arg-max
     accuracy % of the read-out distributions, and the judge's mean scores; under it, what the columns are
-    and why a row has no distribution scores."""
+    and why a row has no distribution scores.  Above it, where the models' training targets came from
+    (``provenance``): a stand-in teacher's targets make every row a stand-in's result."""
     parts = []
     for test_set, rows in results.items():
+        teacher = (((provenance or {}).get("tables") or {}).get(test_set) or {}).get("teacher")
         subsets = sorted({s for row in rows.values() for s in row["subsets"]})
         dist = any("js" in row for row in rows.values())
         formatted = any("well_formed" in row for row in rows.values())
@@ -279,7 +281,8 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
                   *([f"{a} word %" for a in ATTR_KEYS] + ["attr n"] if attr else []),
                   *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
                   *(name for _, name in judged), *(["not judged"] if judged else [])]
-        lines = [f"### {test_set}", "", "| " + " | ".join(header) + " |",
+        lines = [f"### {test_set}", "", *([_teacher_line(teacher), ""] if teacher else []),
+                 "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
             cells = [name, _pct(row["ua"]), _pct(row["wa"]), _pct(row["f1"]),
@@ -308,6 +311,15 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]]) -> str:
             lines += ["", *notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _teacher_line(teacher: Mapping) -> str:
+    backend = teacher.get("backend")
+    if backend == "offline":
+        return ("Trained on targets of the offline teacher: templates filled from the labels and stage-2 "
+                "attributes, a stand-in for an LLM teacher.")
+    what = teacher.get("model") or teacher.get("path") or ""
+    return f"Trained on targets of the {backend} teacher{f' {what}' if what else ''}."
 
 
 def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
@@ -352,7 +364,7 @@ def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mappin
     out_dir = Path(out_dir)
     document = {"provenance": dict(provenance or {}), "tables": results}
     write_text_atomic(out_dir / "results.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    markdown = results_markdown(results)
+    markdown = results_markdown(results, provenance)
     write_text_atomic(out_dir / "results.md", markdown)
     wanted = {f"confusion_{test_set}_{row}.png" for test_set, row in confusions}
     for old in out_dir.glob("confusion_*.png"):

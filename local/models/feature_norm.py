@@ -6,18 +6,15 @@ ESPnet normalises its input features with statistics collected over the training
 
 Global.  A frozen encoder can put what matters in small deviations around a large offset shared
 by all utterances: the tiny random Whisper of mini_lime has per-dimension standard deviations from
-0.04 to 1.1 after its final LayerNorm.  Gradient descent on such inputs is ill-conditioned: a
-C²SER connector with a linear head, trained for one mini_lime SFT budget (520 steps) on the
-cached Whisper frames, classifies 28 % of the training set correctly as they are and 55 % once
-they are standardised.  The statistics are computed once, from the encoders' outputs on the
+0.04 to 1.1 after its final LayerNorm.  Gradient descent on such inputs is ill-conditioned, and
+standardised they train faster (egs/mini_lime/RESULTS.md measures it).  The statistics are computed once, from the encoders' outputs on the
 training set at the start of stage 6 (:meth:`FeatureNorm.fit`), and saved with the model.
 
 Per speaker.  Emotion is a departure from the speaker's own way of speaking: a high voice is
 not an excited one.  With each speaker's outputs standardised by that speaker's statistics, what
 is left is how an utterance differs from the speaker's others (the stage-2 attribute bins, by
 contrast, are corpus-wide: this normalisation removes the register they measure).  On mini_lime's
-unseen test speakers a logistic regression on Whisper-frame statistics goes from 52 % to 61 % UA
-with it, and the label-only audio LLM from 36 % to 55 % (README).  The statistics belong to the data, not the model: a stage
+unseen speakers it matters (egs/mini_lime/RESULTS.md).  The statistics belong to the data, not the model: a stage
 takes them from every utterance of each speaker in the sets it reads (:meth:`FeatureNorm.fit_speakers`,
 keyed by ``utt2spk``), before it trains or decodes; they are not saved.  An utterance whose speaker
 has fewer than :data:`MIN_SPEAKER_UTTS` utterances there (a data dir without ``utt2spk`` has one

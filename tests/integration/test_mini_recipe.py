@@ -1,11 +1,18 @@
-"""The mini_lime recipe end to end through the built stages, as a user runs it.
+"""The mini_lime recipe end to end through run.sh and the real stage code, as a user runs it.
 
-This is the slow test (a few minutes on 2 cores): it synthesises the whole corpus.
-Outputs go to a temporary dir, so a developer's own egs/mini_lime/{data,dump,exp} stay untouched.
+This is the slow test (about 10 minutes on 2 cores): it synthesises the whole corpus, then runs stages 4-10
+on a third of it with CI-sized budgets, and edits, retrains and re-runs the way a researcher does: a run
+must retrain exactly what the edit touched, skip the rest in seconds, and never decode a model with another
+encoder than it was trained with.  Outputs go to a temporary dir, so a developer's own
+egs/mini_lime/{data,dump,exp} stay untouched.
 """
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -76,5 +83,140 @@ def test_run_prints_summary_and_second_run_skips_everything(recipe):
     second = run_recipe(tmp, "--stop_stage", "4")
     assert second.returncode == 0, second.stderr[-2000:]
     for n, name in enumerate(("prepare", "format", "attributes", "targets", "shards")):
-        assert f"Stage {n} ({name}): done already" in second.stdout
+        assert f"Stage {n} ({name}, data): up to date, skipped" in second.stdout
     assert "run_history.sh" in os.listdir(tmp / "exp")
+
+
+# --- stages 5-10 on a third of the corpus ------------------------------------------------------
+
+SUBSETS = (("train", "train_s", 3), ("dev", "dev_s", 8), ("test", "test_s", 4))  # 924 / 142 / 284 utterances
+SMALL = ("--train_set", "train_s", "--dev_set", "dev_s", "--test_sets", "test_s", "--baselines", "",
+         "--score_args", "score.baselines={}")
+# CI budgets, written into the recipe's own yaml, the one place for them (egs/mini_lime/conf/recipe/)
+BUDGETS = (("    max_steps: 300 ", "    max_steps: 60 "), ("  ema_anneal_steps: 300 ", "  ema_anneal_steps: 60 "),
+           ("    max_epochs: 6\n", "    max_epochs: 3\n"), ("    max_epochs: 3\n    warmup", "    max_epochs: 1\n    warmup"))
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, f"{path}: {old!r} appears {text.count(old)} times"
+    path.write_text(text.replace(old, new))
+
+
+def run_model_stages(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """run.sh from a copy of the recipe dir (tmp/recipe: its conf/ can be edited), on the data of the fixture."""
+    env = dict(os.environ, MINI_LIME=str(tmp / "db"), EMOREASON_RECIPE="mini_lime")
+    cmd = [str(ROOT / "run.sh"), "--data_root", str(tmp / "data"), "--dump_root", str(tmp / "dump"),
+           "--exp_root", str(tmp / "exp"), *SMALL, *args]
+    out = subprocess.run(cmd, cwd=tmp / "recipe", env=env, capture_output=True, text=True, timeout=2400)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
+
+def stage_lines(out: subprocess.CompletedProcess) -> dict[str, str]:
+    """{"6 sft c2ser": "ran" | "skipped"} from run.sh's log."""
+    found = {}
+    for n, name, tag, what in re.findall(r"Stage (\d+) \((\w+), (\w+)\)(?::| runs,) (up to date|because)",
+                                         out.stdout):
+        found[f"{n} {name} {tag}"] = "skipped" if what == "up to date" else "ran"
+    return found
+
+
+def decode_command(tmp: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [f"data_root={tmp / 'data'}", f"dump_root={tmp / 'dump'}", f"exp_root={tmp / 'exp'}", "corpus=mini_lime",
+            "recipe=mini_lime", "experiment=c2ser", "train_set=train_s", "dev_set=dev_s", "test_sets=[test_s]",
+            *overrides]
+    return subprocess.run([sys.executable, "-m", "local.bin.decode", *args], cwd=tmp / "recipe", capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def model_recipe(recipe):
+    tmp, _ = recipe
+    for src, dst, every in SUBSETS:
+        subprocess.run([sys.executable, "-m", "local.bin.subset", str(tmp / "data" / src), str(tmp / "data" / dst),
+                        "--every", str(every)], cwd=ROOT, check=True, capture_output=True)
+    shutil.copytree(ROOT / "egs" / "mini_lime" / "conf", tmp / "recipe" / "conf")
+    shutil.copy(ROOT / "egs" / "mini_lime" / "prepare.py", tmp / "recipe" / "prepare.py")
+    for old, new in BUDGETS:
+        edit(tmp / "recipe" / "conf" / "recipe" / "mini_lime.yaml", old, new)
+    first = run_model_stages(tmp, "--stage", "4", "--e2v_table", "true",
+                             "--probe_args", "probe.seeds=[0] probe.trainer.max_epochs=3")
+    return tmp, first
+
+
+def test_stages_5_to_10_run_end_to_end_well_above_chance(model_recipe):
+    tmp, first = model_recipe
+    ran = stage_lines(first)
+    assert all(ran[k] == "ran" for k in ("4 shards data", "5 pretrain e2vs", "5 pretrain e2vf", "5 probe probe",
+                                         "6 sft c2ser", "7 distill c2ser", "9 decode c2ser", "10 score c2ser"))
+    probe = (tmp / "exp" / "probe" / "results.md").read_text()  # C²SER Table V's analogue, from run.sh
+    assert all(f"| {row} |" in probe for row in ("Emotion2Vec-S", "Emotion2Vec-F", "Untrained init"))
+    results = json.loads((tmp / "exp" / "c2ser" / "results.json").read_text())
+    for mode in ("implicit", "explicit"):
+        row = results["tables"]["test_s"][mode]
+        assert row["n"] == 284 and row["rejected"] == 0
+        assert row["ua"] > 0.30, f"{mode}: UA {row['ua']} on 7 classes (chance 0.143)"
+    provenance = results["provenance"]
+    assert provenance["code"]["commit"] and provenance["tables"]["test_s"]["rows"]["implicit"]["device"] == "cpu"
+    assert provenance["inputs"]["decode/decode_test_s_implicit"]
+    model = tmp / "exp" / "c2ser" / "distill" / "model"
+    facts = (model / "training.yaml").read_text()
+    assert "c2ser_explicit" in facts and "c2ser_implicit" in facts and "transcript_in_prompt: false" in facts
+    assert "e2v.path" in (model / "model.yaml").read_text()  # the digest of the encoder it was trained with
+
+
+def test_a_second_run_skips_every_stage_in_seconds(model_recipe):
+    tmp, _ = model_recipe
+    start = time.time()
+    again = run_model_stages(tmp, "--stage", "4")
+    elapsed = time.time() - start
+    lines = stage_lines(again)
+    assert lines and set(lines.values()) == {"skipped"}, lines
+    assert len(lines) == 7 and elapsed < 60, (len(lines), elapsed)  # stages 4-10, about half a second each
+
+
+def test_a_live_model_override_at_decode_time_is_refused(model_recipe):
+    tmp, _ = model_recipe
+    out = decode_command(tmp, "model.feature_norm=global")
+    assert out.returncode != 0
+    assert "refusing to decode: model.feature_norm is global here but speaker in" in out.stderr
+
+
+def test_editing_the_sft_learning_rate_retrains_stages_6_to_10_from_scratch(model_recipe):
+    tmp, _ = model_recipe
+    edit(tmp / "recipe" / "conf" / "recipe" / "mini_lime.yaml", "    lr: 2.0e-3\n", "    lr: 1.5e-3\n")
+    out = run_model_stages(tmp, "--stage", "4")
+    lines = stage_lines(out)
+    assert [lines[k] for k in ("4 shards data", "5 pretrain e2vs")] == ["skipped"] * 2
+    assert [lines[k] for k in ("6 sft c2ser", "7 distill c2ser", "9 decode c2ser", "10 score c2ser")] == ["ran"] * 4
+    assert "config sft.trainer.lr: 0.002 -> 0.0015" in out.stdout
+    sft = tmp / "exp" / "c2ser" / "sft"
+    assert "not resuming it: training from the start" in (tmp / "exp" / "log" / "6.sft.c2ser.log").read_text()
+    assert len(list((sft / "superseded").iterdir())) == 1  # the old run, set aside
+    steps = [json.loads(line)["step"] for line in (sft / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] <= 20 and steps == sorted(steps)  # a new run from step 1, not the old one continued
+
+
+def test_retraining_stage_5_retrains_every_model_of_the_old_encoder_and_an_old_model_refuses_to_decode(
+        model_recipe):
+    tmp, _ = model_recipe
+    old = tmp / "old_model"
+    shutil.copytree(tmp / "exp" / "c2ser" / "distill" / "model", old)
+    out = run_model_stages(tmp, "--stage", "5", "--pretrain_args", "pretrain.trainer.max_steps=50")
+    lines = stage_lines(out)
+    assert [lines[k] for k in ("5 pretrain e2vs", "6 sft c2ser", "7 distill c2ser", "9 decode c2ser")] == ["ran"] * 4
+    assert "input model.e2v.path changed" in out.stdout
+    refused = decode_command(tmp, f"decode.model_dir={old}", "decode.modes=[implicit]")
+    assert refused.returncode != 0 and "was trained with model.e2v.path=" in refused.stderr
+    assert "a model never runs with another encoder" in refused.stderr
+
+
+def test_targets_from_another_teacher_setting_retrain_stage_6(model_recipe):
+    tmp, _ = model_recipe
+    out = run_model_stages(tmp, "--stage", "3", "--targets_args", "teacher.seed=1",
+                           "--pretrain_args", "pretrain.trainer.max_steps=50")
+    lines = stage_lines(out)
+    assert [lines[k] for k in ("3 targets data", "4 shards data", "6 sft c2ser")] == ["ran"] * 3
+    assert lines["5 pretrain e2vs"] == "skipped"
+    assert "input data/train_s changed" in out.stdout

@@ -184,6 +184,15 @@ def test_decoding_normalises_by_the_test_sets_own_speakers(tiny_dirs, test_dirs,
         for name, (mean, std) in stats.items():
             torch.testing.assert_close((mean, std), tables[1][spk][name], atol=1e-5, rtol=1e-5)
 
+    # the row without the test set's own statistics: every test speaker gets the training set's global ones
+    records, _ = decode_test_set(model, resolve_test_set("test", test_dirs / "data", test_dirs / "dump"), PROMPT,
+                                 gen, batch_size=4, speaker_stats=False)
+    assert model.feature_norm.speakers == {}
+    batch = next(iter(DataDirBatches(test_dirs / "data" / "test", batch_size=len(data))))
+    global_only = model.generate(batch["wav"], batch["wav_lens"], [PROMPT] * len(data), speakers=[None] * len(data),
+                                 **gen)
+    assert {r["utt"]: r["hyp"] for r in records} == dict(zip(batch["utts"], global_only))
+
 
 def as_trained(model, cfg):
     """The model with the facts stage 6 would have saved with it (training.yaml): its instructions, read-out."""
@@ -601,3 +610,14 @@ def test_attribute_row_in_the_results(tmp_path):
     assert row["invalid_rate"] == 0 and row["mean_words"] == 1 and row["sec_per_utt"] == timing["sec_per_utt"]
     assert set(row["subsets"]) == {"conflict", "consistent"}
     assert (exp / "confusion_test_attributes.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_tables_say_when_the_training_targets_came_from_the_stand_in_teacher():
+    row = {"ua": 0.5, "wa": 0.5, "f1": 0.5, "n": 2, "subsets": {}, "sec_per_utt": None, "invalid_rate": 0.0,
+           "mean_words": 3.0, "per_class": {}, "rejected": 0}
+    tables = {"t1": {"implicit": row}}
+    offline = results_markdown(tables, {"tables": {"t1": {"teacher": {"backend": "offline", "seed": 0}}}})
+    assert "targets of the offline teacher" in offline and "stand-in" in offline
+    llm = results_markdown(tables, {"tables": {"t1": {"teacher": {"backend": "openai", "model": "gpt-4o"}}}})
+    assert "targets of the openai teacher gpt-4o." in llm and "stand-in" not in llm
+    assert "teacher" not in results_markdown(tables)
