@@ -249,8 +249,8 @@ if [ ${failed} -gt 0 ]; then
   exit 1
 fi
 run_stage 10 score "${system}" local.bin.score ${common_args} ${experiment_args} ${score_args}
-if [ ${stop_stage} -ge 10 ] && [ -f "${exp_root}/${system}/results.md" ]; then
-  cat "${exp_root}/${system}/results.md"
+if [ ${stop_stage} -ge 10 ] && [ ! -e "${ran_dir}/score" ] && [ -f "${exp_root}/${system}/results.md" ]; then
+  cat "${exp_root}/${system}/results.md"  # stage 10 printed it when it ran
 fi
 log "Successfully finished. [elapsed=${SECONDS}s]"
 exit

@@ -67,6 +67,7 @@ class Stage:
     uses: tuple[str, ...] = ()                          # read, but what they name is an input (paths)
     in_place: bool = False                              # rewrites its record dirs (stages 0-3)
     reads_records: bool = True                          # an in-place stage that reads the dirs it rewrites
+    enabled: Callable[[DictConfig], bool] = lambda cfg: True  # a disabled stage makes nothing: always up to date
 
 
 # --- the stages' inputs ------------------------------------------------------------
@@ -104,10 +105,8 @@ def _model_sources(model: DictConfig) -> dict[str, str]:
     return out
 
 
-def _trainer_inputs(section: str, start: Callable[[DictConfig], Path | None]) -> Callable[[DictConfig], dict]:
+def _trainer_inputs(start: Callable[[DictConfig], Path | None]) -> Callable[[DictConfig], dict]:
     def inputs(cfg: DictConfig) -> dict[str, str]:
-        if not cfg[section].get("enabled", True):
-            return {}
         out = {**_training_data(cfg), **_model_sources(cfg.model)}
         model = start(cfg)
         if model is not None:
@@ -190,15 +189,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("probe", _keys("probe", "trainer", "seed"), _probe_inputs, lambda cfg: [Path(cfg.probe.out_dir)],
           outputs=lambda cfg, d: [d / "results.json"]),
     Stage("sft", _keys("sft", *TRAINING),
-          _trainer_inputs("sft", lambda cfg: Path(cfg.sft.init_from) if cfg.sft.get("init_from") else None),
-          lambda cfg: [Path(cfg.sft.exp_dir)],
-          outputs=lambda cfg, d: [d / "model"] if cfg.sft.enabled else []),
+          _trainer_inputs(lambda cfg: Path(cfg.sft.init_from) if cfg.sft.get("init_from") else None),
+          lambda cfg: [Path(cfg.sft.exp_dir)], outputs=lambda cfg, d: [d / "model"],
+          enabled=lambda cfg: cfg.sft.enabled),
     Stage("distill", _keys("distill", *TRAINING),
-          _trainer_inputs("distill", lambda cfg: Path(cfg.distill.init_from) if cfg.distill.get("init_from") else None),
-          lambda cfg: [Path(cfg.distill.exp_dir)],
-          outputs=lambda cfg, d: [d / "model"] if cfg.distill.enabled else []),
-    Stage("rl", _rl_reads, _trainer_inputs("rl", rl_start_model), lambda cfg: [Path(cfg.rl.exp_dir)],
-          outputs=lambda cfg, d: [d / "model", d / "summary.json"] if cfg.rl.enabled else [],
+          _trainer_inputs(lambda cfg: Path(cfg.distill.init_from) if cfg.distill.get("init_from") else None),
+          lambda cfg: [Path(cfg.distill.exp_dir)], outputs=lambda cfg, d: [d / "model"],
+          enabled=lambda cfg: cfg.distill.enabled),
+    Stage("rl", _rl_reads, _trainer_inputs(rl_start_model), lambda cfg: [Path(cfg.rl.exp_dir)],
+          outputs=lambda cfg, d: [d / "model", d / "summary.json"], enabled=lambda cfg: cfg.rl.enabled,
           uses=("distill.enabled", "distill.exp_dir", "sft.exp_dir")),
     Stage("decode", _keys("decode", "seed", "shards.max_shard_size", "shards.audio_format"), _decode_inputs,
           lambda cfg: [decode_dir(cfg, e, m) for e in cfg.test_sets for m in cfg.decode.modes],
@@ -284,6 +283,8 @@ class Check:
 def check(cfg: DictConfig, name: str) -> Check:
     """Whether stage ``name`` is up to date for ``cfg``, and if not, why."""
     stage = STAGES[name]
+    if not stage.enabled(cfg):
+        return Check(True)
     config, inputs = stage_config(cfg, stage), input_digests(cfg, stage)
     reasons, notes = [], []
     for record_dir in stage.records(cfg):
@@ -305,7 +306,7 @@ def check(cfg: DictConfig, name: str) -> Check:
             last = _ledger(record_dir)[-1]
             if path_digest(record_dir) != last.get("outputs", {}).get(str(record_dir)):
                 reasons.append(f"{record_dir} changed since stage {last.get('stage')} wrote it")
-        if record.get("code") != code_version() and record.get("code", {}).get("commit"):
+        if not notes and record.get("code") != code_version() and record.get("code", {}).get("commit"):
             notes.append(f"{record_dir}: made by {describe_code(record.get('code'))}, "
                          f"the code is now {describe_code(code_version())}")
         if reasons:
@@ -329,6 +330,9 @@ def stage_run(cfg: DictConfig, name: str) -> Iterator[StageRun]:
     ``with stage_run(cfg, "sft") as run: train(run.cfg, fingerprint=run.key)``.
     """
     stage = STAGES[name]
+    if not stage.enabled(cfg):  # nothing to make, nothing to record
+        yield StageRun(restrict(cfg, stage), "", {})
+        return
     record_dirs = stage.records(cfg)
     config, inputs = stage_config(cfg, stage), input_digests(cfg, stage)
     kept: dict[Path, list[dict]] = {}
