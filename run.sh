@@ -248,7 +248,8 @@ if [ ${failed} -gt 0 ]; then
   log "Error: ${failed} experiment(s) failed; see ${exp_root}/log/"
   exit 1
 fi
-run_stage 10 score "${system}" local.bin.score ${common_args} ${experiment_args} ${score_args}
+baseline_list="[$(echo ${baselines} | tr ' ' ',')]"
+run_stage 10 score "${system}" local.bin.score ${common_args} ${experiment_args} "baselines=${baseline_list}" ${score_args}
 if [ ${stop_stage} -ge 10 ] && [ ! -e "${ran_dir}/score" ] && [ -f "${exp_root}/${system}/results.md" ]; then
   cat "${exp_root}/${system}/results.md"  # stage 10 printed it when it ran
 fi

@@ -32,6 +32,7 @@ from local.reasoning.teacher import build_teacher
 from local.bin.stages import stage_run
 from local.utils.digest import RECORD
 from local.utils.hydra import entry_point
+from local.utils.paths import baseline_rows
 from local.utils.provenance import read_json
 
 log = logging.getLogger("score")
@@ -108,12 +109,10 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
     for entry in cfg.test_sets:
         name = Path(entry).name
         rows[name] = {mode: read_decode_dir(d) for mode, d in sorted(decodes.get(name, {}).items())}
-        for row, template in (opts.baselines or {}).items():
+        for row, template in baseline_rows(cfg).items():
             if row in rows[name]:
                 raise ValueError(f"score.baselines: row name '{row}' is also a decode mode of {opts.exp_dir}")
-            if template is None:  # score.baselines.<row>=null: left out on purpose
-                continue
-            decode_dir = Path(str(template).replace("{set}", name))
+            decode_dir = Path(template.replace("{set}", name))
             if not (decode_dir / "hyps.jsonl").is_file():
                 raise FileNotFoundError(
                     f"{name}: baseline '{row}' of score.baselines has no decode: {decode_dir} has no hyps.jsonl. "

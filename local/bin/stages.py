@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from local.utils.digest import RECORD, path_digest, source_digest, value_digest
-from local.utils.paths import all_sets, decode_dir, decode_model, rl_start_model, set_name, shard_dir
+from local.utils.paths import (all_sets, baseline_rows, decode_dir, decode_model, rl_start_model, set_name,
+                               shard_dir)
 from local.utils.provenance import (code_version, config_changes, describe_code, drop_secrets, flatten, read_json,
                                     write_json)
 
@@ -134,15 +135,15 @@ def _score_inputs(cfg: DictConfig) -> dict[str, str]:
         out[f"data/{name}"] = str(data)
         for d in sorted(glob.glob(str(Path(opts.exp_dir) / f"decode_{glob.escape(name)}_*"))):
             out[f"decode/{Path(d).name}"] = d
-        for row, template in (opts.baselines or {}).items():
-            out[f"baseline/{row}/{name}"] = str(template).replace("{set}", name)
+        for row, template in baseline_rows(cfg).items():
+            out[f"baseline/{row}/{name}"] = template.replace("{set}", name)
     if opts.attributes:
         out[f"data/{cfg.train_set}"] = str(Path(cfg.data_root) / cfg.train_set)
     return out
 
 
 def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
-    keys = ("score", "seed")
+    keys = ("score", "seed", "baselines")
     if cfg.score.get("judge_rubrics"):
         keys += ("judge",)
     if cfg.score.extract == "llm" and cfg.score.get("extract_teacher") is None:

@@ -42,3 +42,22 @@ def decode_model(cfg: DictConfig) -> Path:
 
 def decode_dir(cfg: DictConfig, entry: str, mode: str) -> Path:
     return Path(cfg.decode.exp_dir) / f"decode_{set_name(entry)}_{mode}"
+
+
+def baseline_rows(cfg: DictConfig) -> dict[str, str]:
+    """{row: decode dir, ``{set}`` standing for the test set} of the rows ``score.baselines`` asks for.
+
+    A row is a decode dir template, or ``{baseline, mode}``: that baseline's decode of that mode, left out
+    when the baseline is not among ``baselines`` (the ones run.sh trained; null: all of them), so that
+    ``run.sh --baselines ""`` gives the system's table alone.  A row set to null is left out.
+    """
+    wanted = cfg.get("baselines")
+    rows = {}
+    for row, spec in (cfg.score.get("baselines") or {}).items():
+        if spec is None:
+            continue
+        if isinstance(spec, str):
+            rows[row] = spec
+        elif wanted is None or spec.baseline in wanted:
+            rows[row] = str(Path(cfg.exp_root) / f"{cfg.system}_{spec.baseline}" / f"decode_{{set}}_{spec.mode}")
+    return rows

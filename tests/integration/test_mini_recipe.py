@@ -90,8 +90,7 @@ def test_run_prints_summary_and_second_run_skips_everything(recipe):
 # --- stages 5-10 on a third of the corpus ------------------------------------------------------
 
 SUBSETS = (("train", "train_s", 3), ("dev", "dev_s", 8), ("test", "test_s", 4))  # 924 / 142 / 284 utterances
-SMALL = ("--train_set", "train_s", "--dev_set", "dev_s", "--test_sets", "test_s", "--baselines", "",
-         "--score_args", "score.baselines={}")
+SMALL = ("--train_set", "train_s", "--dev_set", "dev_s", "--test_sets", "test_s", "--baselines", "")
 # CI budgets, written into the recipe's own yaml, the one place for them (egs/mini_lime/conf/recipe/)
 BUDGETS = (("    max_steps: 300 ", "    max_steps: 60 "), ("  ema_anneal_steps: 300 ", "  ema_anneal_steps: 60 "),
            ("    max_epochs: 6\n", "    max_epochs: 3\n"), ("    max_epochs: 3\n    warmup", "    max_epochs: 1\n    warmup"))

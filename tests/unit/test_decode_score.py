@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from matplotlib.image import imread
 
 from conftest import make_data_dir
@@ -621,3 +622,20 @@ def test_tables_say_when_the_training_targets_came_from_the_stand_in_teacher():
     llm = results_markdown(tables, {"tables": {"t1": {"teacher": {"backend": "openai", "model": "gpt-4o"}}}})
     assert "targets of the openai teacher gpt-4o." in llm and "stand-in" not in llm
     assert "teacher" not in results_markdown(tables)
+
+
+def test_the_rows_of_baselines_follow_what_run_sh_trained():
+    """run.sh --baselines "no_cot" gives the table the no_cot row only: a row of a baseline that was not
+    trained is left out, not an error; one that was trained and not decoded is an error (tested above)."""
+    from local.utils.paths import baseline_rows
+
+    cfg = compose(["experiment=c2ser", "exp_root=/e"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.score.baselines.mine = "/elsewhere/decode_{set}_x"
+    assert sorted(baseline_rows(cfg)) == ["mine", "no_cot", "no_e2v", "no_whisper", "text_only"]  # null: all
+    assert baseline_rows(cfg)["no_cot"] == "/e/c2ser_no_cot/decode_{set}_implicit"
+    cfg.baselines = ["no_cot"]
+    assert sorted(baseline_rows(cfg)) == ["mine", "no_cot"]  # a path row is always asked for
+    cfg.baselines = []
+    cfg.score.baselines.mine = None
+    assert baseline_rows(cfg) == {}
