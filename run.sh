@@ -195,7 +195,9 @@ if ${e2v_table}; then  # C²SER Table V: Emotion2Vec-S vs -F (no L_cate) vs the 
   run_stage 5 pretrain e2vf local.bin.pretrain ${common_args} ${experiment_args} pretrain.lambda_cate=0 \
     "pretrain.exp_dir=${exp_root}/e2vf" ${pretrain_args}
   run_stage 5 probe probe local.bin.probe ${common_args} ${experiment_args} ${probe_args}
-  if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then cat "${exp_root}/probe/results.md"; fi
+  if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ ! -e "${ran_dir}/probe" ]; then
+    cat "${exp_root}/probe/results.md"  # the probe printed it when it ran
+  fi
 fi
 
 # Stages 6-9 of one experiment: the system (main) or a baseline (conf/baseline/<name>.yaml), in exp/<exp_name>/.
