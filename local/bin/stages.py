@@ -181,9 +181,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda cfg: {f"data/{n}": str(Path(cfg.data_root) / n) for n in all_sets(cfg)},
           lambda cfg: [shard_dir(cfg, n) for n in all_sets(cfg)],
           outputs=lambda cfg, d: [d / "manifest.json"]),
+    # Stage 5 reads the shards' audio and labels, not their targets: new targets must not retrain it.
     Stage("pretrain", _keys("pretrain", "trainer", "seed"),
-          lambda cfg: {"train_shards": str(Path(cfg.pretrain.train_shards) / "manifest.json"),
-                       **({"valid_shards": str(Path(cfg.pretrain.valid_shards) / "manifest.json")}
+          lambda cfg: {"train_shards": str(Path(cfg.pretrain.train_shards) / "manifest.json#parts.data"),
+                       **({"valid_shards": str(Path(cfg.pretrain.valid_shards) / "manifest.json#parts.data")}
                           if cfg.pretrain.valid_shards else {}),
                        **({"init": cfg.pretrain.init} if cfg.pretrain.init != "scratch" else {})},
           lambda cfg: [Path(cfg.pretrain.exp_dir)], outputs=lambda cfg, d: [d / "model", d / "init"]),
@@ -253,11 +254,21 @@ def stage_config(cfg: DictConfig, stage: Stage) -> dict:
     return drop_secrets(_drop_volatile(select(cfg, stage.reads(cfg))))
 
 
+def _digest(label: str, path: str) -> str | None:
+    if "#" in path:  # a digest recorded inside a JSON file: "manifest.json#parts.data"
+        file, key = path.split("#", 1)
+        value = read_json(file)
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value if isinstance(value, str) else None
+    return source_digest(path) if label.startswith("model.") else path_digest(path)
+
+
 def input_digests(cfg: DictConfig, stage: Stage) -> dict[str, str | None]:
     """label -> content digest of each input (None: missing), in label order.  Pretrained models named in
-    ``model.*`` may be hub ids rather than paths (:func:`source_digest`)."""
-    return {label: (source_digest(p) if label.startswith("model.") else path_digest(p)) if p else None
-            for label, p in sorted(stage.inputs(cfg).items())}
+    ``model.*`` may be hub ids rather than paths (:func:`source_digest`); ``file.json#a.b`` is a digest
+    recorded in a file (a part of what a shard dir is made from)."""
+    return {label: _digest(label, p) if p else None for label, p in sorted(stage.inputs(cfg).items())}
 
 
 # --- records -----------------------------------------------------------------------

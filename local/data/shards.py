@@ -48,6 +48,7 @@ import webdataset as wds
 from local.data.audio import SAMPLE_RATE, AudioError, read_audio
 from local.data.kaldi import UTT_TABLES, DataDir, DataDirError, parse_dist, parse_kv, write_table
 from local.utils.atomic import write_text_atomic
+from local.utils.digest import file_digest, value_digest
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +103,23 @@ def read_targets(path: Path | str) -> dict[str, list[dict]]:
     return by_utt
 
 
-def fingerprint(data_dir: Path | str, targets_path: Path | str | None, options: Mapping) -> str:
-    """A hash of everything a shard dir is made from, to tell whether it is stale.
+def fingerprint_parts(data_dir: Path | str, targets_path: Path | str | None, options: Mapping) -> dict[str, str]:
+    """Hashes of what a shard dir is made from: ``data`` (the tables, hence the audio and metadata, and the
+    options) and ``targets`` (targets.jsonl).  Kept apart in the manifest so that a stage that reads no
+    targets (stage 5) is not re-run when only the targets changed.
 
     Audio files themselves are not hashed (that would read every file on each
     re-run); wav.scp is, so pointing an utterance at another file counts.
     Features count by name only: give a changed extractor a new name.
     """
-    h = hashlib.sha256(json.dumps({"version": FORMAT_VERSION, **options}, sort_keys=True).encode())
-    paths = [Path(data_dir) / name for name in UTT_TABLES] + ([Path(targets_path)] if targets_path else [])
-    for path in paths:
-        if path.is_file():
-            h.update(path.name.encode() + b"\0")
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
+    tables = {name: file_digest(Path(data_dir) / name) for name in UTT_TABLES if (Path(data_dir) / name).is_file()}
+    return {"data": value_digest({"version": FORMAT_VERSION, **options, "tables": tables}),
+            "targets": file_digest(targets_path) if targets_path and Path(targets_path).is_file() else ""}
+
+
+def fingerprint(data_dir: Path | str, targets_path: Path | str | None, options: Mapping) -> str:
+    """A hash of everything a shard dir is made from, to tell whether it is stale."""
+    return value_digest(fingerprint_parts(data_dir, targets_path, options))
 
 
 def _number_or_str(value: str) -> float | str:
@@ -237,19 +239,20 @@ def write_shards(data_dir: Path | str, out_dir: Path | str, max_shard_size: int,
                              f"and not one of {sorted(RESERVED)}")
     options = {"max_shard_size": max_shard_size, "audio_format": audio_format,
                "shuffle_seed": shuffle_seed, "features": sorted(features)}
-    digest = fingerprint(data_dir, targets_path, options)
+    parts = fingerprint_parts(data_dir, targets_path, options)
+    digest = value_digest(parts)
     # Two stages that share a dir (two experiments' feature caches) take turns: the second
     # waits for the first and then finds the dir up to date.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _write_locked(data_dir, out_dir, max_shard_size, targets_path, features, audio_format, nj,
-                             shuffle_seed, force, digest)
+                             shuffle_seed, force, digest, parts)
 
 
 def _write_locked(data_dir: Path, out_dir: Path, max_shard_size: int, targets_path: Path | str | None,
                   features: dict[str, FeatureFn], audio_format: str, nj: int, shuffle_seed: int | None,
-                  force: bool, digest: str) -> dict:
+                  force: bool, digest: str, parts: dict[str, str]) -> dict:
     if not force and (out_dir / MANIFEST).is_file():
         manifest = load_manifest(out_dir)
         if manifest.get("fingerprint") == digest and all(
@@ -308,6 +311,7 @@ def _write_locked(data_dir: Path, out_dir: Path, max_shard_size: int, targets_pa
     manifest = {
         "version": FORMAT_VERSION,
         "fingerprint": digest,
+        "parts": parts,
         "data_dir": str(data_dir),
         "audio_format": audio_format,
         "sample_rate": SAMPLE_RATE,

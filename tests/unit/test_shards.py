@@ -201,9 +201,16 @@ def test_rerun_skips_complete_dir_and_rewrites_incomplete_or_stale(tmp_path):
     utt = next(iter(table))
     table[utt] = "fear" if table[utt] != "fear" else "anger"
     (data / "utt2emo").write_text("".join(f"{k} {v}\n" for k, v in table.items()))
-    write_shards(data, out, 4)
+    before = write_shards(data, out, 4)
     meta = {m["utt"]: m for b in ShardLoader(out, batch_size=6, shuffle=False) for m in b["meta"]}
     assert meta[utt]["label"] == table[utt]
+
+    # new targets rewrite the shards, but the manifest's data part (audio, metadata) stays what it was:
+    # stage 5, which reads no targets, stays up to date
+    (data / "targets.jsonl").write_text(json.dumps({"utt": utt, "type": "c2ser_implicit", "target": "x"}) + "\n")
+    after = write_shards(data, out, 4, targets_path=data / "targets.jsonl")
+    assert after["fingerprint"] != before["fingerprint"] and after["parts"]["targets"] != before["parts"]["targets"]
+    assert after["parts"]["data"] == before["parts"]["data"]
 
 
 def test_cached_features_hook(tmp_path):
