@@ -21,7 +21,8 @@ reads an undeclared key fails in the tests instead of being skipped after an
 edit.  Leaf keys named in ``VOLATILE`` (jobs, logging, caches, retries) change
 how a stage runs, not what it makes; they are left out of the fingerprint.
 
-Records are ``provenance.json`` files in the stage's record dirs::
+Records are ``provenance.json`` files in the stage's record dirs (and in each output dir, such as a
+model dir, which may be copied elsewhere)::
 
     {"stage", "key", "config", "inputs": {label: digest}, "outputs": {path: digest}, "code", "created"}
 
@@ -377,3 +378,6 @@ def stage_run(cfg: DictConfig, name: str) -> Iterator[StageRun]:
         elif d.is_dir() or outputs:
             d.mkdir(parents=True, exist_ok=True)
             write_json(d / RECORD, {**record, "outputs": outputs})
+            for out in stage.outputs(cfg, d):  # a model dir travels alone: it carries its record too
+                if out.is_dir() and out != d:
+                    write_json(out / RECORD, {**record, "outputs": outputs})

@@ -155,6 +155,17 @@ def test_the_code_version_is_recorded_and_noted_but_does_not_decide(layout, monk
     assert set(record["code"]) == {"commit", "dirty"} and record["key"] and record["finished"]
     assert record["outputs"] == {str(layout / "dump/train/shards/manifest.json"):
                                  path_digest(layout / "dump/train/shards/manifest.json")}
+
+    def fake_sft(run):
+        model = Path(run.cfg.sft.exp_dir) / "model"
+        model.mkdir(parents=True)
+        (model / "trained.pt").write_bytes(b"weights")
+
+    with stage_run(cfg, "sft") as run:
+        fake_sft(run)
+    sft = Path(cfg.sft.exp_dir)
+    assert json.loads((sft / RECORD).read_text()) == json.loads((sft / "model" / RECORD).read_text())
+    assert check(cfg, "sft").up_to_date  # the model's own copy of the record is not part of its digest
     monkeypatch.setattr(stages, "code_version", lambda: {"commit": "0123456789abcdef", "dirty": False})
     result = check(cfg, "shards")
     assert result.up_to_date and "the code is now 0123456789" in result.notes[0]
