@@ -100,24 +100,35 @@ def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float
 
 
 def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]]]:
-    """{test set: {row: (records, timing)}}: the system's decodes, the baselines' and the attribute classifier's."""
+    """{test set: {row: (records, timing)}}: the system's decodes (one row per mode of decode.modes: a
+    decode dir of another mode, left from an earlier configuration, is not this system's), the baselines'
+    and the attribute classifier's."""
     opts = cfg.score
-    decodes = find_decode_dirs(opts.exp_dir)
     rows: dict[str, dict[str, tuple[list[dict], dict]]] = {}
     trained = cache(lambda: AttributeBaseline(opts.attr_features, C=opts.attr_C, seed=cfg.seed)
                     .fit(Path(cfg.data_root) / cfg.train_set))
     for entry in cfg.test_sets:
         name = Path(entry).name
-        rows[name] = {mode: read_decode_dir(d) for mode, d in sorted(decodes.get(name, {}).items())}
+        rows[name] = {}
+        for mode in sorted(cfg.decode.modes):
+            decode = Path(opts.exp_dir) / f"decode_{name}_{mode}"
+            if not (decode / "hyps.jsonl").is_file():
+                raise FileNotFoundError(f"{name}: mode '{mode}' has no decode: {decode} has no hyps.jsonl. Run "
+                                        "stage 9 (decode) first, or score other modes with decode.modes=[...]")
+            rows[name][mode] = read_decode_dir(decode)
+        stale = sorted(set(find_decode_dirs(opts.exp_dir).get(name, {})) - set(cfg.decode.modes))
+        if stale:
+            log.warning("%s: decode dirs of modes %s in %s are not among decode.modes %s: left out", name, stale,
+                        opts.exp_dir, list(cfg.decode.modes))
         for row, template in baseline_rows(cfg).items():
             if row in rows[name]:
                 raise ValueError(f"score.baselines: row name '{row}' is also a decode mode of {opts.exp_dir}")
-            decode_dir = Path(template.replace("{set}", name))
-            if not (decode_dir / "hyps.jsonl").is_file():
+            baseline = Path(template.replace("{set}", name))
+            if not (baseline / "hyps.jsonl").is_file():
                 raise FileNotFoundError(
-                    f"{name}: baseline '{row}' of score.baselines has no decode: {decode_dir} has no hyps.jsonl. "
+                    f"{name}: baseline '{row}' of score.baselines has no decode: {baseline} has no hyps.jsonl. "
                     f"Run the baseline's stage 9 (decode) first, or leave it out with score.baselines.{row}=null")
-            rows[name][row] = read_decode_dir(decode_dir)
+            rows[name][row] = read_decode_dir(baseline)
         if opts.attributes:
             attribute_row(trained, cfg, entry, rows[name])
         if not rows[name]:

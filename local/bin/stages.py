@@ -36,7 +36,6 @@ its own config or inputs change, so it never overwrites a user's edit.
 from __future__ import annotations
 
 import contextlib
-import glob
 import socket
 import time
 from dataclasses import dataclass, field
@@ -134,8 +133,8 @@ def _score_inputs(cfg: DictConfig) -> dict[str, str]:
         name = set_name(entry)
         data = Path(entry) if Path(entry).is_absolute() else Path(cfg.data_root) / entry
         out[f"data/{name}"] = str(data)
-        for d in sorted(glob.glob(str(Path(opts.exp_dir) / f"decode_{glob.escape(name)}_*"))):
-            out[f"decode/{Path(d).name}"] = d
+        for mode in cfg.decode.modes:
+            out[f"decode/decode_{name}_{mode}"] = str(Path(opts.exp_dir) / f"decode_{name}_{mode}")
         for row, template in baseline_rows(cfg).items():
             out[f"baseline/{row}/{name}"] = template.replace("{set}", name)
     if opts.attributes:
@@ -206,7 +205,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda cfg: [decode_dir(cfg, e, m) for e in cfg.test_sets for m in cfg.decode.modes],
           uses=("model", "distill.enabled", "distill.exp_dir", "sft.exp_dir")),
     Stage("score", _score_reads, _score_inputs, lambda cfg: [Path(cfg.score.exp_dir)],
-          outputs=lambda cfg, d: [d / "results.json", d / "results.md"]),
+          outputs=lambda cfg, d: [d / "results.json", d / "results.md"], uses=("decode.modes",)),
 )}
 
 

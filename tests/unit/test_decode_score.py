@@ -388,7 +388,8 @@ def test_judge_rubrics_add_the_mean_judge_score_of_each_row(tmp_path):
                "Thank you for sharing.", "I cannot tell.", "情感是悲伤。", "You sound sad; tell me more."]
     write_hand_decode(exp / "decode_t1_implicit", outputs, 0.01)
     cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
-                   "score.attributes=false", "score.judge_rubrics=[empathy]", "judge=offline"])
+                   "score.attributes=false", "score.judge_rubrics=[empathy]", "judge=offline",
+                   "decode.modes=[implicit]"])
     score_main(cfg)
     row = json.loads((exp / "results.json").read_text())["tables"]["t1"]["implicit"]
     want = [offline_empathy(JudgeItem(utt=u, output=h, label=ref, text="x"))["empathy"]
@@ -423,7 +424,7 @@ def test_well_formed_rate_of_each_target_format_and_the_utterances_lost(tmp_path
     write_hand_decode(exp / "decode_t1_cot", eips, 0.01, mode="cot", target="eips", rejected=1)
     write_hand_decode(exp / "decode_t1_plain", implicit, 0.01, mode="plain")  # an older decode: no target
     cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
-                   "score.attributes=false"])
+                   "score.attributes=false", "decode.modes=[implicit,cot,plain]"])
     score_main(cfg)
     rows = json.loads((exp / "results.json").read_text())["tables"]["t1"]
     for name, target, outputs in (("implicit", "c2ser_implicit", implicit), ("cot", "eips", eips)):
@@ -509,8 +510,9 @@ def test_rows_without_distribution_scores_say_why_when_the_table_has_some(tmp_pa
         write_hand_decode(exp / f"decode_{name}_sft", outputs, 0.01, set_name=name, mode="sft", dists=dists)
         write_hand_decode(exp / f"decode_{name}_implicit", outputs, 0.01, set_name=name)
     write_hand_decode(exp / "decode_t4_implicit", outputs, 0.01, set_name="t4")
+    write_hand_decode(exp / "decode_t4_sft", outputs, 0.01, set_name="t4", mode="sft")  # no hyp_dist either
     cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1,t2,t3,t4]", f"score.exp_dir={exp}",
-                   "score.attributes=false"])
+                   "score.attributes=false", "decode.modes=[implicit,sft]"])
     score_main(cfg)
     results = json.loads((exp / "results.json").read_text())["tables"]
     assert "js" in results["t1"]["sft"] and "dist_note" not in results["t1"]["sft"]
@@ -531,7 +533,7 @@ def test_a_baseline_not_yet_decoded_fails_the_stage_naming_it(tmp_path):
     exp = tmp_path / "exp" / "sys"
     write_hand_decode(exp / "decode_t1_implicit", [h for *_, h in HAND], 0.01)
     cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
-                   "score.attributes=false"])
+                   "score.attributes=false", "decode.modes=[implicit]"])
     missing = tmp_path / "exp" / "sys_no_cot" / "decode_t1_implicit"
     cfg.score.baselines = {"no_cot": str(tmp_path / "exp" / "sys_no_cot" / "decode_{set}_implicit")}
     with pytest.raises(FileNotFoundError, match=rf"baseline 'no_cot'.*{missing} has no hyps.jsonl.*stage 9"):
@@ -602,7 +604,7 @@ def test_attribute_row_in_the_results(tmp_path):
     write_attr_set(tmp_path / "data" / "test", 10, seed=1, stats=stats)
     exp = tmp_path / "exp" / "c2ser"
     cfg = compose([f"data_root={tmp_path / 'data'}", f"exp_root={tmp_path / 'exp'}",
-                   "test_sets=[test]"])
+                   "test_sets=[test]", "decode.modes=[]"])
     score_main(cfg)
     row = json.loads((exp / "results.json").read_text())["tables"]["test"]["attributes"]
     records, timing = read_decode_dir(exp / "attr_baseline" / "test")
@@ -639,3 +641,20 @@ def test_the_rows_of_baselines_follow_what_run_sh_trained():
     cfg.baselines = []
     cfg.score.baselines.mine = None
     assert baseline_rows(cfg) == {}
+
+
+def test_a_decode_of_a_mode_the_system_no_longer_decodes_is_not_scored(tmp_path, caplog):
+    """decode.modes changed from [explicit, implicit] to [implicit]: the old explicit decode stays on disk,
+    and must not appear as a row of this configuration; a mode asked for and not decoded is an error."""
+    write_set(tmp_path / "data" / "t1")
+    exp = tmp_path / "exp" / "sys"
+    outputs = [h for *_, h in HAND]
+    write_hand_decode(exp / "decode_t1_implicit", outputs, 0.01)
+    write_hand_decode(exp / "decode_t1_explicit", outputs, 0.01, mode="explicit")  # an earlier configuration's
+    overrides = [f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}", "score.attributes=false"]
+    with caplog.at_level("WARNING"):
+        score_main(compose([*overrides, "decode.modes=[implicit]"]))
+    assert list(json.loads((exp / "results.json").read_text())["tables"]["t1"]) == ["implicit"]
+    assert "modes ['explicit']" in caplog.text and "left out" in caplog.text
+    with pytest.raises(FileNotFoundError, match="mode 'cot' has no decode: .*decode_t1_cot has no hyps.jsonl"):
+        score_main(compose([*overrides, "decode.modes=[implicit,cot]"]))
