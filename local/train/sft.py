@@ -45,8 +45,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from local.data.loader import ShardLoader
 from local.data.labels import EMOTIONS
+from local.data.loader import ShardLoader
 from local.models.alm import AudioLLM, build_alm, load_alm, save_alm
 from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
