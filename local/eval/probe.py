@@ -49,7 +49,9 @@ from local.data.labels import EMOTIONS
 from local.eval.metrics import classification_scores
 from local.models.e2v_features import model_fingerprint, write_features
 from local.models.emotion2vec_s import load_emotion2vec
-from local.train.loop import Trainer, load_weights, seed_everything
+from local.train.checkpoint import load_weights
+from local.train.loop import Trainer
+from local.train.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,8 @@ Choices, and why:
   (seed, rank, step).  A resumed run then draws exactly the random numbers
   the uninterrupted run drew at that step, whatever the data loader or the
   validation consumed in between, and a checkpoint needs no RNG state.
-- Checkpoints hold full (unsharded) state dicts from
-  :mod:`torch.distributed.checkpoint.state_dict`, one code path for one
-  process, DDP and FSDP; rank 0 writes them.  A file is written under a temp
-  name and renamed, ``last.pt``/``best.pt`` are hard links swapped in by
-  rename, so a crash at any moment leaves the previous checkpoint intact.
+- Checkpoints hold full (unsharded) state dicts, rank 0 writes them, and a
+  crash at any moment leaves the previous one intact (:mod:`local.train.checkpoint`).
 - A checkpoint is resumed only by a run with the same *fingerprint*: the
   stage's (the config keys it reads and the content digests of its data and
   models, local/bin/stages.py), or, for a trainer used on its own, the digest
@@ -49,18 +46,14 @@ Choices, and why:
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import random
-import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -69,11 +62,14 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from tqdm import tqdm
 
+from local.train.checkpoint import FULL, full_state_dict, link_atomic, save_atomic
+from local.train.runtime import seed_everything, setup_distributed, to_device
+from local.train.trainer_config import TrainerConfig, lr_factor, planned_steps
+from local.utils.atomic import write_text_atomic
 from local.utils.digest import value_digest
 from local.utils.provenance import config_changes, drop_secrets
 
@@ -87,149 +83,9 @@ StateDictFn = Callable[[nn.Module], "dict[str, torch.Tensor]"]
 # and the run's length, which enters it as the learning-rate schedule it gives (see _plan).
 WATCHING = ("progress", "log_every", "wandb", "keep_last", "save_every")
 LENGTHS = ("max_steps", "max_epochs")
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-# --- configuration ------------------------------------------------------------------
-
-@dataclass
-class WandbConfig:
-    enabled: bool = False
-    project: str = "emoreason"
-    name: str | None = None      # run name; None: the exp_dir's name
-    mode: str | None = None      # offline | online | disabled; None: $WANDB_MODE, else offline
-
-
-@dataclass
-class TrainerConfig:
-    """Every knob of the loop; ``conf/trainer/cpu.yaml`` documents each one."""
-
-    exp_dir: str | None = None
-    max_steps: int | None = None
-    max_epochs: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    no_decay_bias_norm: bool = True
-    warmup: float = 0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    grad_accum: int = 1
-    clip_norm: float | None = 1.0
-    amp: str = "none"
-    device: str = "auto"
-    parallel: str = "ddp"
-    fsdp_layers: list[str] = field(default_factory=list)
-    find_unused_parameters: bool = False
-    seed: int = 0
-    log_every: int = 10
-    valid_every: int | None = None
-    save_every: int | None = 1000
-    keep_last: int | None = 3
-    best_metric: str = "valid_loss"
-    best_mode: str = "min"
-    progress: bool = True
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-    def __post_init__(self):
-        choices = {"schedule": ("constant", "linear", "cosine"), "amp": ("none", "bf16", "fp16"),
-                   "device": ("auto", "cpu", "cuda"), "parallel": ("ddp", "fsdp"), "best_mode": ("min", "max")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"trainer.{name} must be one of {allowed}, not {getattr(self, name)!r}")
-        if self.grad_accum < 1:
-            raise ValueError(f"trainer.grad_accum must be >= 1, not {self.grad_accum}")
-        if self.warmup < 0:
-            raise ValueError(f"trainer.warmup must be >= 0, not {self.warmup}")
-        self.betas = tuple(self.betas)
-        self.fsdp_layers = list(self.fsdp_layers)
-
-    @classmethod
-    def from_config(cls, cfg: TrainerConfig | Mapping | DictConfig) -> TrainerConfig:
-        """From a Hydra section or a dict; an unknown key is an error (a typo would otherwise be ignored)."""
-        if isinstance(cfg, cls):
-            return cfg
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        cfg = dict(cfg)
-        for klass, values, prefix in ((cls, cfg, "trainer"), (WandbConfig, dict(cfg.get("wandb") or {}),
-                                                              "trainer.wandb")):
-            unknown = sorted(set(values) - {f.name for f in dataclasses.fields(klass)})
-            if unknown:
-                raise ValueError(f"unknown {prefix} key(s) {unknown}; known: "
-                                 f"{sorted(f.name for f in dataclasses.fields(klass))}")
-        cfg["wandb"] = WandbConfig(**dict(cfg.get("wandb") or {}))
-        return cls(**cfg)
 
 
 # --- small pieces ---------------------------------------------------------------------
-
-def lr_factor(step: int, total: int | None, warmup: int, schedule: str, min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
-
-    Warm-up: (step + 1) / warmup, so the first update is not wasted at lr 0.
-    Then, with p = (step - warmup) / (total - warmup) clipped to [0, 1]:
-    constant 1; linear 1 - p; cosine (1 + cos(pi p)) / 2; the last two scaled
-    into [min_ratio, 1].
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    shape = 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
-    return min_ratio + (1.0 - min_ratio) * shape
-
-
-def planned_steps(cfg: TrainerConfig, loader: Iterable) -> int | None:
-    """Optimizer steps a run takes: the fewer of max_steps and max_epochs' worth (None when neither is known)."""
-    totals = [cfg.max_steps] if cfg.max_steps is not None else []
-    if cfg.max_epochs is not None and hasattr(loader, "__len__"):
-        totals.append(cfg.max_epochs * math.ceil(len(loader) / cfg.grad_accum))
-    return min(totals) if totals else None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all CUDA devices too); call it before building a model."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """The batch with every tensor (in nested dicts, lists, tuples) moved to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model, gathered to CPU (collective under FSDP: every rank calls it)."""
-    return get_model_state_dict(module, options=FULL)
-
-
-def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters being trained, e.g. LoRA and a connector next to a frozen 7B LM.
-
-    Frozen weights and buffers are not saved: on resume they come from the model
-    as the stage built it (the pretrained checkpoint), so the checkpoint stays
-    small.  Do not use it when frozen tensors change in training (an EMA teacher).
-    """
-    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
-            for name, p in module.named_parameters() if p.requires_grad}
-
-
-def load_weights(path: Path | str, model: nn.Module, strict: bool = True) -> dict:
-    """Put a trainer checkpoint's weights into a plain model (for decoding); returns step/epoch/best."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["model"], strict=strict)
-    return {k: ckpt[k] for k in ("step", "epoch", "best")}
-
 
 def _scalar(value: float | torch.Tensor) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
@@ -237,57 +93,6 @@ def _scalar(value: float | torch.Tensor) -> float:
 
 class NonFiniteError(RuntimeError):
     """Training produced a NaN/inf loss or gradient norm."""
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` name the same file as ``src``: a hard link (a copy where links fail), swapped in."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins torchrun's process group when there is one."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dev
-    return 0, 1, dev
 
 
 # --- the trainer ----------------------------------------------------------------------
@@ -321,7 +126,7 @@ class Trainer:
         self.exp_dir = Path(cfg.exp_dir)
         self.ckpt_dir = self.exp_dir / "checkpoints"
         self.step_fn, self.state_dict_fn = step_fn, state_dict_fn
-        self.rank, self.world_size, self.device = _setup_distributed(cfg.device)
+        self.rank, self.world_size, self.device = setup_distributed(cfg.device)
 
         self.amp_dtype = None
         if cfg.amp != "none" and self.device.type != "cuda":
@@ -424,16 +229,16 @@ class Trainer:
         if self.rank == 0:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             path = self.ckpt_dir / f"step_{self.step}.pt"
-            _atomic_save({
+            save_atomic({
                 "model": model_state, "optimizer": optim_state, "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
                 "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
                 "best": {"value": self.best, "step": self.best_step, "metric": self.cfg.best_metric},
                 "wandb_id": self._wandb_id, "config": self.config_record, "fingerprint": self.fingerprint,
             }, path)
-            _atomic_link(path, self.ckpt_dir / "last.pt")
+            link_atomic(path, self.ckpt_dir / "last.pt")
             if best:
-                _atomic_link(path, self.ckpt_dir / "best.pt")
+                link_atomic(path, self.ckpt_dir / "best.pt")
             if self.cfg.keep_last:
                 steps = sorted(int(p.stem.split("_")[1]) for p in self.ckpt_dir.glob("step_*.pt"))
                 for old in steps[:-self.cfg.keep_last]:
@@ -505,7 +310,7 @@ class Trainer:
         if self.rank != 0:
             return
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(self.config_record)), self.exp_dir / "config.yaml")
+        write_text_atomic(self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.config_record)))
         metrics = self.exp_dir / "metrics.jsonl"
         if metrics.exists():
             kept = []
@@ -515,7 +320,7 @@ class Trainer:
                         kept.append(line + "\n")
                 except (ValueError, KeyError):
                     continue  # a line cut short by the kill
-            _atomic_write_text("".join(kept), metrics)
+            write_text_atomic(metrics, "".join(kept))
         if self.cfg.wandb.enabled:
             import wandb
 

@@ -35,7 +35,8 @@ from local.data.shards import load_manifest
 from local.models.e2v_pretrain import (Emotion2VecPretrainer, PretrainConfig, decoder_shape, ema_decay,
                                        official_decoder_state, official_teacher_state)
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS, load_emotion2vec
-from local.train.loop import Trainer, seed_everything
+from local.train.loop import Trainer
+from local.train.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,8 @@ from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
 from local.reasoning.prompts import instruction, load_questions, with_transcript
 from local.reasoning.targets import TARGET_TYPES
-from local.train.loop import Trainer, TrainerConfig, planned_steps
+from local.train.loop import Trainer
+from local.train.trainer_config import TrainerConfig, planned_steps
 from local.train.rl.losses import kl_to_target
 from local.utils.digest import value_digest
 

@@ -17,8 +17,9 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from torch import nn
 
-from local.train.loop import (NonFiniteError, Trainer, TrainerConfig, load_weights, lr_factor,
-                              trainable_state_dict)
+from local.train.checkpoint import load_weights, trainable_state_dict
+from local.train.loop import NonFiniteError, Trainer
+from local.train.trainer_config import TrainerConfig, lr_factor
 
 
 def make_data(n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
