@@ -162,6 +162,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.lr = cfg.lr
         self._saved_step = self._valid_step = None
+        self.start_step = 0  # where this process began: > 0 when it resumed a checkpoint
         self._wandb = self._wandb_id = None
         self._window: dict[str, list[float]] = {}
         self._window_steps, self._window_start = 0, time.monotonic()
@@ -278,7 +279,7 @@ class Trainer:
         self.step, self.epoch, self.batches_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batches_in_epoch"]
         self.best, self.best_step = ckpt["best"]["value"], ckpt["best"]["step"]
         self._wandb_id = ckpt["wandb_id"] or uuid.uuid4().hex[:8]
-        self._saved_step = self._valid_step = self.step
+        self._saved_step = self._valid_step = self.start_step = self.step
         if ckpt["loader"] is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(ckpt["loader"])
         elif self.batches_in_epoch:

@@ -233,6 +233,10 @@ def test_validation_is_the_same_in_and_out_of_the_trainer(recipe):
     summary = json.loads((exp / "summary.json").read_text())
     last_valid = [r for r in rl_records(exp) if r["split"] == "valid"][-1]
     assert summary["after"]["reward"] == pytest.approx(last_valid["valid_reward"], abs=1e-6)
+    assert summary["counted_steps"] == [0, 1]
+    rl_main(config(recipe, ["rl.algorithm=grpo", f"rl.exp_dir={exp}", "trainer.max_steps=1"]))  # trained already
+    again = json.loads((exp / "summary.json").read_text())
+    assert again["before"] == summary["before"] and again["counted_steps"] == [1, 1]  # no rollout counted twice
 
 
 

@@ -397,13 +397,17 @@ def run(cfg: DictConfig, judge=None, fingerprint: str | None = None) -> Path:
         summary_path.write_text(json.dumps(summary, indent=1))
     trainer.fit(train, valid, lambda m, loader: algo.evaluate(m, loader))
     summary["after"] = algo.evaluate(trainer.model, valid)
+    # Counted in this process: a resumed run's earlier rollouts are not in them, and the summary says so.
     summary["counts"] = dict(algo.counts)
+    summary["counted_steps"] = [trainer.start_step, trainer.step]
     if judge is not None and hasattr(judge, "stats"):
         summary["judge"] = dict(judge.stats)
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(summary_path)
-    log.info("dev reward %.4f -> %.4f (%s)", summary["before"]["reward"], summary["after"]["reward"],
-             ", ".join(f"{k} {v}" for k, v in sorted(algo.counts.items())) or "nothing dropped")
+    counted = ", ".join(f"{k} {v}" for k, v in sorted(algo.counts.items())) or "nothing dropped"
+    if trainer.start_step:
+        counted += f" in steps {trainer.start_step}-{trainer.step}: the run resumed at step {trainer.start_step}"
+    log.info("dev reward %.4f -> %.4f (%s)", summary["before"]["reward"], summary["after"]["reward"], counted)
     save_alm(trainer.module, exp_dir / "model")
     return exp_dir / "model"
