@@ -1,7 +1,7 @@
 """What the model config's encoders carry about emotion (see local/eval/stats_probe.py).
 
     python -m local.bin.stats_probe                                   # in egs/<corpus>
-    python -m local.bin.stats_probe 'test_sets=[test_q]' 'stats_probe.features=[log_mel,whisper]'
+    python -m local.bin.stats_probe 'test_sets=[dev,test]' 'stats_probe.features=[log_mel,whisper]'
 """
 from __future__ import annotations
 
