@@ -1,0 +1,59 @@
+"""Reading a corpus as users have it on disk: junk files, two layouts, text in unknown encodings.
+
+Every corpus circulates in more than one layout (the official archive, a mirror, EmoBox's copy), so
+a preparer finds its files by pattern under the root the user gives rather than at fixed paths, and
+validates them by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+# Tried in order: the released metadata of these corpora is ASCII or UTF-8 except for a few files
+# written on Windows (cp1252); latin-1 decodes any byte, so it is the last resort, never a failure.
+ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+
+
+class CorpusError(ValueError):
+    """The corpus root is not what the preparer expects; says what it looked for and where."""
+
+
+def is_junk(path: Path) -> bool:
+    """macOS resource forks (``._name``) and other hidden files, found inside released archives."""
+    return path.name.startswith(".")
+
+
+def find(root: Path, pattern: str) -> list[Path]:
+    """Files under ``root`` matching the glob ``pattern``, junk left out, sorted."""
+    return sorted(p for p in root.glob(pattern) if p.is_file() and not is_junk(p))
+
+
+def locate(root: Path | str, marker: str, var: str, expected: str, depth: int = 2) -> Path:
+    """The folder at or below ``root`` (up to ``depth`` levels) that holds ``marker``, a glob.
+
+    Users point the recipe at the archive's root or at the folder above it; both work.  Nothing
+    found is an error naming the variable to set and what belongs inside.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CorpusError(f"{var}={root}: no such directory; set {var} to the folder that holds {expected}")
+    level: Iterable[Path] = [root]
+    for _ in range(depth + 1):
+        for folder in level:
+            if any(not is_junk(p) for p in folder.glob(marker)):
+                return folder
+        level = [d for folder in level for d in sorted(folder.iterdir()) if d.is_dir() and not is_junk(d)]
+    raise CorpusError(f"{var}={root}: found no {marker} in it or {depth} levels below; "
+                      f"set {var} to the folder that holds {expected}")
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file, decoded with the first of :data:`ENCODINGS` that fits, ``\\r`` removed."""
+    data = path.read_bytes()
+    for encoding in ENCODINGS:
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    return [line.rstrip("\r") for line in text.split("\n")]
