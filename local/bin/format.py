@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from local.bin.stages import stage_run
 from local.data.format import format_data_dir
 from local.data.kaldi import validate_data_dir
-from local.data.labels import EMOTIONS, load_label_map
+from local.data.labels import LabelSet
 from local.utils.hydra import entry_point
 
 log = logging.getLogger("format")
@@ -20,14 +20,14 @@ def main(cfg: DictConfig) -> None:
 
 
 def format_sets(cfg: DictConfig) -> None:
-    label_map = load_label_map(cfg.corpus.label_map)
+    labels = LabelSet.from_config(cfg.corpus)
     filtered = {cfg.train_set, cfg.dev_set}  # ESPnet's rule: train and dev are filtered, test sets never
     lo, hi = cfg.format.min_dur, cfg.format.max_dur
     for name in dict.fromkeys([cfg.train_set, cfg.dev_set, *cfg.test_sets]):
         path = Path(cfg.data_root) / name
-        data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, label_map, lo, hi,
+        data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, labels, lo, hi,
                                nj=cfg.nj, filter_duration=name in filtered)
-        validate_data_dir(path, labels=EMOTIONS)
+        validate_data_dir(path, labels=labels.labels)
         log.info("%s: %d utterances kept, %d rejected (%s/rejected)", path, len(data), len(data.rejected), path)
         if name not in filtered:
             outside = sum(not lo <= float(d) <= hi for d in data["utt2dur"].values())

@@ -170,8 +170,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", _keys("corpus"), lambda cfg: {"prepare.py": "prepare.py", **_corpus_files(cfg)},
           _data_dirs, in_place=True, reads_records=False),
     # Which set is train, dev or test changes what stages 1-2 write (test sets are never filtered).
-    Stage("format", _keys("format", "corpus.label_map", "train_set", "dev_set", "test_sets"),
-          lambda cfg: {"label_map": cfg.corpus.label_map} if cfg.corpus.label_map else {},
+    Stage("format", _keys("format", "corpus.labels", "corpus.label_map", "train_set", "dev_set", "test_sets"),
+          lambda cfg: {"label_map": cfg.corpus.label_map} if isinstance(cfg.corpus.label_map, str) else {},
           _data_dirs, in_place=True),
     Stage("attributes", _keys("attributes", "corpus.default_lang", "train_set", "dev_set", "test_sets"),
           lambda cfg: {},

@@ -22,11 +22,10 @@ import logging
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Mapping
 
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio, write_wav
 from local.data.kaldi import REQUIRED, DataDir, DataDirError, format_dist, parse_dist
-from local.data.labels import harmonise
+from local.data.labels import LabelSet
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +57,45 @@ def _check_audio(job: tuple[str, str, tuple[float, float | None] | None, str]
     return utt, spec, len(wav) / SAMPLE_RATE, None
 
 
-def harmonise_labels(data: DataDir, label_map: Mapping[str, str | None]) -> None:
-    """Map utt2emo and utt2dist onto the core labels; unknown labels reject the utterance."""
+def harmonise_labels(data: DataDir, labels: LabelSet) -> None:
+    """Map utt2emo and utt2dist onto the recipe's label set.
+
+    A hard label outside the set rejects its utterance; a soft label loses the share of the names
+    outside the set and is renormalised (IEMOCAP's 4 classes from raters who also voted
+    frustration), and is rejected when nothing is left.  An unknown name rejects either way."""
     for utt, label in list(data.tables.get("utt2emo", {}).items()):
-        core = harmonise(label, label_map)
-        if core is None:
-            data.reject(utt, f"unknown label '{label}' in utt2emo")
+        target = labels.lookup(label)
+        if target is None:
+            data.reject(utt, f"{labels.why_not(label)} in utt2emo")
         else:
-            data["utt2emo"][utt] = core
+            data["utt2emo"][utt] = target
+    dropped: Counter = Counter()
     for utt, value in list(data.tables.get("utt2dist", {}).items()):
         try:
             dist = parse_dist(value)
         except ValueError as e:
             data.reject(utt, f"bad utt2dist entry: {e}")
             continue
+        unknown = [label for label in dist if labels.unknown(label)]
+        if unknown:
+            data.reject(utt, f"{labels.why_not(unknown[0])} in utt2dist")
+            continue
         merged: Counter = Counter()
         for label, p in dist.items():
-            core = harmonise(label, label_map)
-            if core is None:
-                data.reject(utt, f"unknown label '{label}' in utt2dist")
-                break
-            merged[core] += p
-        else:
-            total = sum(merged.values())
-            if total <= 0:
-                data.reject(utt, "utt2dist has no probability mass")
+            target = labels.lookup(label)
+            if target is None:
+                dropped[label] += 1
             else:
-                data["utt2dist"][utt] = format_dist({k: v / total for k, v in merged.items()})
+                merged[target] += p
+        total = sum(merged.values())
+        if total <= 0:
+            data.reject(utt, "utt2dist has no probability mass on corpus.labels "
+                             f"({', '.join(labels.why_not(k) for k in dist)})")
+        else:
+            data["utt2dist"][utt] = format_dist({k: v / total for k, v in merged.items()})
+    if dropped:
+        log.info("utt2dist: shares of labels outside corpus.labels taken out and the rest renormalised "
+                 "(utterances per label: %s)", ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
 
 
 def drop_inconsistent(data: DataDir) -> None:
@@ -123,7 +134,7 @@ def _parse_segment(value: str) -> tuple[str, float, float]:
 
 
 def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
-                    label_map: Mapping[str, str | None], min_dur: float, max_dur: float,
+                    labels: LabelSet, min_dur: float, max_dur: float,
                     nj: int = 1, filter_duration: bool = True) -> DataDir:
     """Repair, check and normalise one data dir; write it atomically to ``dst``.
 
@@ -132,7 +143,7 @@ def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
     """
     data = DataDir.load_lenient(src)
     drop_inconsistent(data)
-    harmonise_labels(data, label_map)
+    harmonise_labels(data, labels)
 
     segments = data.get("segments")
     jobs = []

@@ -1,12 +1,15 @@
-"""The emotion label set and the maps that harmonise corpus labels onto it.
+"""Label sets and the maps that harmonise corpus labels onto them.
 
 Every corpus names its classes differently (IEMOCAP ``exc``/``fru``, MELD
-``joy``, EmoBox ``label_map.json`` ...).  Stage 1 maps them onto the seven
-core labels of C²SER; a label with no mapping is rejected, never guessed.
+``joy``, EmoBox ``label_map.json`` ...), and every paper scores its own set
+(IEMOCAP's 4 classes, RAVDESS's 8 with calm, C²SER's 7).  Stage 1 maps a
+corpus' labels onto the recipe's set (:class:`LabelSet`); a label with no
+mapping is rejected, never guessed.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -28,15 +31,55 @@ DEFAULT_MAP = {
 }
 
 
-def load_label_map(path: str | Path | None) -> dict[str, str]:
-    """The default map updated with a corpus map; a value of null drops a label."""
-    mapping = dict(DEFAULT_MAP)
-    if path:
-        with open(path, encoding="utf-8") as f:
-            mapping.update(json.load(f))
+def load_label_map(spec: str | Path | Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """The default map updated with a corpus map: a JSON file or a mapping (from the corpus yaml);
+    a value of null drops a label."""
+    mapping: dict[str, str | None] = dict(DEFAULT_MAP)
+    if isinstance(spec, Mapping):
+        mapping.update({str(k).lower(): v for k, v in spec.items()})
+    elif spec:
+        with open(spec, encoding="utf-8") as f:
+            mapping.update({str(k).lower(): v for k, v in json.load(f).items()})
     return mapping
 
 
-def harmonise(label: str, mapping: Mapping[str, str | None]) -> str | None:
-    """Map a corpus label onto the core set; ``None`` means "reject this utterance"."""
-    return mapping.get(label.strip().lower())
+@dataclass(frozen=True)
+class LabelSet:
+    """A recipe's classes (``corpus.labels``) and the map from a corpus' spellings onto them.
+
+    A name of the set stands for itself even where the default map would merge it (RAVDESS keeps
+    ``calm``, MSP-Podcast ``contempt``); any other name goes through the map.  A name the map sends
+    to null or outside the set is *dropped*: its utterance is rejected when it is the hard label,
+    its share of a soft label is taken out.  A name the map does not know is *unknown*: a typo or
+    a class nobody decided on, which rejects the utterance either way.
+    """
+
+    labels: tuple[str, ...] = EMOTIONS
+    mapping: Mapping[str, str | None] = field(default_factory=lambda: dict(DEFAULT_MAP))
+
+    def __post_init__(self):
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"corpus.labels must be distinct names, got {list(self.labels)}")
+
+    @classmethod
+    def from_config(cls, corpus: Mapping) -> "LabelSet":
+        return cls(tuple(corpus.get("labels") or EMOTIONS), load_label_map(corpus.get("label_map")))
+
+    def lookup(self, label: str) -> str | None:
+        """The label of the set that ``label`` stands for; None when it is dropped or unknown."""
+        key = label.strip().lower()
+        target = key if key in self.labels else self.mapping.get(key)
+        return target if target in self.labels else None
+
+    def unknown(self, label: str) -> bool:
+        key = label.strip().lower()
+        return key not in self.labels and key not in self.mapping
+
+    def why_not(self, label: str) -> str:
+        """Why ``label`` has no label of the set, for a rejected file."""
+        key = label.strip().lower()
+        if self.unknown(label):
+            return f"unknown label '{label}' (map it in corpus.label_map)"
+        if self.mapping.get(key) is None:
+            return f"label '{label}' is dropped by corpus.label_map"
+        return f"label '{label}' ({self.mapping[key]}) is not in corpus.labels [{', '.join(self.labels)}]"

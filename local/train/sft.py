@@ -251,9 +251,20 @@ def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
             for split in (cfg.train_set, cfg.dev_set)), speakers=True)
 
 
+def check_label_set(cfg: DictConfig) -> None:
+    """The audio LLM's prompts, targets, read-out and scoring name C²SER's 7 labels; a recipe with
+    another ``corpus.labels`` gets its data stages (0-5) but must not train a model that would
+    answer in a set its data does not hold."""
+    labels = tuple(cfg.corpus.get("labels") or EMOTIONS)
+    if labels != EMOTIONS:
+        raise ValueError(f"corpus.labels is {list(labels)}: the audio-LLM stages (6-10) support C²SER's 7 labels "
+                         f"{list(EMOTIONS)} only so far; stages 0-5 take any label set")
+
+
 def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> Path:
     """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir.  ``fingerprint``
     (the stage's, local/bin/stages.py) decides whether a checkpoint of an earlier run may be resumed."""
+    check_label_set(cfg)
     exp_dir = Path(stage.exp_dir)
     model_dir = exp_dir / "model"
     if stage.get("init_from"):

@@ -8,13 +8,14 @@ import soundfile as sf
 from local.data.audio import AudioError, read_audio
 from local.data.format import format_data_dir
 from local.data.kaldi import DataDir, DataDirError, read_table, validate_data_dir
-from local.data.labels import load_label_map
+from local.data.labels import EMOTIONS, LabelSet, load_label_map
 
 
 def run_format(data_dir: Path, tmp_path: Path, **kw) -> DataDir:
     args = dict(min_dur=0.1, max_dur=20.0, nj=1)
     args.update(kw)
-    return format_data_dir(data_dir, data_dir, tmp_path / "audio", load_label_map(None), **args)
+    labels = args.pop("labels", LabelSet())
+    return format_data_dir(data_dir, data_dir, tmp_path / "audio", labels, **args)
 
 
 def replace_line(path: Path, index: int, line: str) -> None:
@@ -76,9 +77,65 @@ def test_unknown_label_rejected_known_aliases_mapped(data_dir, tmp_path):
     replace_line(data_dir / "utt2emo", 1, "spk0-utt1 exc\n")
     replace_line(data_dir / "utt2dist", 1, "spk0-utt1 exc:0.5 hap:0.25 sad:0.25\n")
     data = run_format(data_dir, tmp_path)
-    assert data.rejected == {"spk0-utt0": "unknown label 'bored' in utt2emo"}
+    assert data.rejected == {"spk0-utt0": "unknown label 'bored' (map it in corpus.label_map) in utt2emo"}
     assert data["utt2emo"]["spk0-utt1"] == "happiness"
     assert data["utt2dist"]["spk0-utt1"] == "happiness:0.7500 sadness:0.2500"
+
+
+FOUR = ("anger", "happiness", "neutral", "sadness")  # IEMOCAP's standard set
+
+
+def test_a_recipe_label_set_keeps_its_classes_and_renormalises_soft_labels(data_dir, tmp_path):
+    labels = LabelSet(FOUR, load_label_map({"fru": None, "Frustration": None}))
+    replace_line(data_dir / "utt2emo", 0, "spk0-utt0 fru\n")
+    replace_line(data_dir / "utt2emo", 1, "spk0-utt1 exc\n")
+    replace_line(data_dir / "utt2dist", 1, "spk0-utt1 excited:0.5 frustration:0.25 sadness:0.25\n")
+    replace_line(data_dir / "utt2emo", 2, "spk0-utt2 sur\n")
+    replace_line(data_dir / "utt2dist", 3, "spk1-utt0 frustration:1.0\n")
+    replace_line(data_dir / "utt2dist", 4, "spk1-utt1 sadness:0.5 bored:0.5\n")
+    data = run_format(data_dir, tmp_path, labels=labels)
+    assert data.rejected == {
+        "spk0-utt0": "label 'fru' is dropped by corpus.label_map in utt2emo",
+        "spk0-utt2": "label 'sur' (surprise) is not in corpus.labels [anger, happiness, neutral, sadness] in utt2emo",
+        "spk1-utt0": "utt2dist has no probability mass on corpus.labels (label 'frustration' is dropped by "
+                     "corpus.label_map)",
+        "spk1-utt1": "unknown label 'bored' (map it in corpus.label_map) in utt2dist",
+    }
+    assert data["utt2emo"] == {"spk0-utt1": "happiness", "spk1-utt2": "neutral"}
+    assert data["utt2dist"]["spk0-utt1"] == "happiness:0.6667 sadness:0.3333"  # frustration's share taken out
+    validate_data_dir(data_dir, labels=FOUR)
+
+
+def test_a_name_of_the_set_stands_for_itself():
+    assert LabelSet().lookup("calm") == "neutral" and LabelSet().lookup("Joy") == "happiness"
+    eight = LabelSet((*EMOTIONS, "calm"))  # RAVDESS keeps calm apart from neutral
+    assert eight.lookup("calm") == "calm" and eight.lookup("neu") == "neutral"
+    with pytest.raises(ValueError, match="distinct"):
+        LabelSet(("anger", "anger"))
+
+
+def test_stage_1_reads_the_label_set_and_map_from_the_corpus_config(tmp_path):
+    from conftest import make_data_dir
+    from local.bin.format import main
+    from local.utils.hydra import compose
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_data_dir(tmp_path / "t").rename(root / "t")
+    main(compose([f"data_root={root}", f"dump_root={tmp_path / 'dump'}", "train_set=t", "dev_set=t", "test_sets=[]",
+                  "nj=1", "corpus.labels=[angry,sad]", "corpus.label_map={anger: angry, sadness: sad}"]))
+    data = DataDir.load(root / "t")
+    assert set(data["utt2emo"].values()) == {"angry", "sad"} and len(data) == 4
+    assert set(data.rejected) == {"spk0-utt2", "spk1-utt2"}  # neutral: not in the set
+
+
+def test_the_audio_llm_stages_refuse_a_label_set_they_cannot_serve():
+    from local.train.sft import check_label_set
+    from local.utils.hydra import compose
+
+    check_label_set(compose([]))
+    with pytest.raises(ValueError, match=r"corpus.labels is \['anger', 'sadness'\]: the audio-LLM stages"):
+        check_label_set(compose(["corpus.labels=[anger,sadness]"]))
 
 
 def test_unsorted_is_repaired_duplicates_rejected(data_dir, tmp_path):
@@ -117,7 +174,7 @@ def test_test_sets_still_reject_what_cannot_be_kept(data_dir, tmp_path):
     assert "unreadable audio" in data.rejected["spk0-utt0"]
     assert "empty audio" in data.rejected["spk0-utt1"]
     assert "NaN or inf" in data.rejected["spk0-utt2"]
-    assert data.rejected["spk1-utt0"] == "unknown label 'bored' in utt2emo"
+    assert data.rejected["spk1-utt0"] == "unknown label 'bored' (map it in corpus.label_map) in utt2emo"
     assert "duplicate id 'spk1-utt1'" in data.rejected["spk1-utt1"]
     assert data.utts == ["spk1-utt2"] and data["utt2dur"]["spk1-utt2"] == "0.700"  # longer than max_dur: kept
 
@@ -168,7 +225,7 @@ def test_segments_of_recordings_with_gaps_in_the_tables(tmp_path):
     (root / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u in utts))
     (root / "text").write_text("".join(f"{u} words of {u}\n" for u in utts))
     (root / "utt2emo").write_text("".join(f"{u} anger\n" for u in utts))
-    data = format_data_dir(root, root, tmp_path / "audio", load_label_map(None), min_dur=0.1, max_dur=20.0)
+    data = format_data_dir(root, root, tmp_path / "audio", LabelSet(), min_dur=0.1, max_dur=20.0)
     assert data.rejected == {"spkB-2": "no line in segments; wav.scp is keyed by recording"}
     assert data["utt2dur"] == {"spkA-1": "0.800", "spkA-2": "0.900", "spkB-1": "1.000"}
     assert data["wav.scp"]["spkB-1"] == str((tmp_path / "audio" / "spkB-1.wav").resolve())
@@ -183,7 +240,7 @@ def test_segment_of_a_recording_missing_from_wav_scp(tmp_path):
     (root / "wav.scp").write_text(f"rec1 {root / 'rec1.wav'}\n")
     (root / "segments").write_text("s-1 rec1 0.0 0.5\ns-2 rec9 0.0 0.5\ns-3 rec1 0.5\n")
     (root / "utt2spk").write_text("s-1 s\ns-2 s\ns-3 s\n")
-    data = format_data_dir(root, root, tmp_path / "audio", load_label_map(None), min_dur=0.1, max_dur=20.0)
+    data = format_data_dir(root, root, tmp_path / "audio", LabelSet(), min_dur=0.1, max_dur=20.0)
     assert data.rejected["s-2"] == "segments names recording 'rec9', which is not in wav.scp"
     assert "expected '<recording> <start> <end>'" in data.rejected["s-3"]
     assert data.utts == ["s-1"]
