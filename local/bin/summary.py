@@ -20,8 +20,10 @@ UNKNOWN = "unknown"  # stage 2's level of what it could not measure (local.data.
 
 def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
     rows = []
-    for name in sets:
-        data = DataDir.load(data_root / name)
+    dirs = {name: DataDir.load(data_root / name) for name in sets}
+    present = {e for data in dirs.values() for e in data.tables.get("utt2emo", {}).values()}
+    labels = [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))  # the recipe's set, as held
+    for name, data in dirs.items():
         durs = [float(d) for d in data.tables.get("utt2dur", {}).values()]
         emo = Counter(data.tables.get("utt2emo", {}).values())
         sub = Counter(data.tables.get("utt2subset", {}).values())
@@ -40,7 +42,7 @@ def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
         rows.append([
             name, str(len(data)), str(len(data.rejected)), f"{sum(durs) / 3600:.2f}",
             str(len(set(data["utt2spk"].values()))), str(len(set(data.tables.get("text", {}).values()))),
-            " ".join(str(emo.get(e, 0)) for e in EMOTIONS),
+            " ".join(str(emo.get(e, 0)) for e in labels),
             " ".join(f"{k}:{v}" for k, v in sorted(sub.items())) or "-",
             " ".join(f"{k}:{v}" for k, v in sorted(lang.items())) or "-",
             " ".join(f"{k}:{levels[k]}" for k in ("Low", "Medium", "High", UNKNOWN) if levels[k]) or "-",
@@ -49,7 +51,7 @@ def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
             f"{len(targets)} types, {sum(targets.values())}" if targets else "-",
             str(shards),
         ])
-    header = ["set", "utts", "rejected", "hours", "spk", "texts", "per label (" + " ".join(e[:3] for e in EMOTIONS) + ")",
+    header = ["set", "utts", "rejected", "hours", "spk", "texts", "per label (" + " ".join(e[:3] for e in labels) + ")",
               "subsets", "lang", "pitch levels", "unmeasured", "targets", "shards"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
