@@ -43,8 +43,8 @@ def locate(root: Path | str, marker: str, var: str, expected: str, depth: int = 
             if any(not is_junk(p) for p in folder.glob(marker)):
                 return folder
         level = [d for folder in level for d in sorted(folder.iterdir()) if d.is_dir() and not is_junk(d)]
-    raise CorpusError(f"{var}={root}: found no {marker} in it or {depth} levels below; "
-                      f"set {var} to the folder that holds {expected}")
+    where = f"in it or {depth} levels below" if depth else "in it"
+    raise CorpusError(f"{var}={root}: found no {marker} {where}; set {var} to the folder that holds {expected}")
 
 
 def read_lines(path: Path) -> list[str]:
