@@ -7,7 +7,7 @@ validates them by name.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 # Tried in order: the released metadata of these corpora is ASCII or UTF-8 except for a few files
 # written on Windows (cp1252); latin-1 decodes any byte, so it is the last resort, never a failure.
@@ -47,13 +47,17 @@ def locate(root: Path | str, marker: str, var: str, expected: str, depth: int = 
     raise CorpusError(f"{var}={root}: found no {marker} {where}; set {var} to the folder that holds {expected}")
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a text file, decoded with the first of :data:`ENCODINGS` that fits, ``\\r`` removed."""
+def read_lines(path: Path, encodings: Sequence[str] = ENCODINGS) -> list[str]:
+    """The lines of a text file, ``\\r`` removed: UTF-16 when it has a byte-order mark or NUL bytes (ESD
+    ships some transcripts so), else decoded with the first of ``encodings`` that fits."""
     data = path.read_bytes()
-    for encoding in ENCODINGS:
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data:
+        text = data.decode("utf-16")
+    else:
+        for encoding in (*encodings, "latin-1"):
+            try:
+                text = data.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
     return [line.rstrip("\r") for line in text.split("\n")]
