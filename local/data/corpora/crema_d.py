@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from local.data.corpora.files import find, locate, read_lines
+from local.data.corpora.files import find, finish, locate, read_lines
 from local.data.kaldi import DataDir, format_dist
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,4 @@ def prepare(corpus_dir: Path | str, out_dir: Path | str | None = None, *,
         data["utt2lang"][utt] = "en"
         if dists is not None:
             data["utt2dist"][utt] = format_dist(dists[utt])
-    log.info("%s: %d utterances of %d actors, %d rejected", root, len(data), len(set(data["utt2spk"].values())),
-             len(data.rejected))
-    if out_dir is not None:
-        data.save(Path(out_dir) / "all")
-    return {"all": data}
+    return finish({"all": data}, root, out_dir, "AudioWAV/AAAA_SSS_EEE_LL.wav")

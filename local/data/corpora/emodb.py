@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from local.data.corpora.files import find, locate
+from local.data.corpora.files import find, finish, locate
 from local.data.kaldi import DataDir
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,4 @@ def prepare(corpus_dir: Path | str, out_dir: Path | str | None = None, *,
         data["text"][utt] = TEXTS[text]
         data["utt2emo"][utt] = EMOTIONS[letter]
         data["utt2lang"][utt] = "de"
-    if not len(data):
-        raise ValueError(f"{root}: no EmoDB file found (expected wav/SSTTTEV.wav such as 03a01Fa.wav)")
-    log.info("%s: %d utterances of %d speakers, %d rejected", root, len(data), len(set(data["utt2spk"].values())),
-             len(data.rejected))
-    if out_dir is not None:
-        data.save(Path(out_dir) / "all")
-    return {"all": data}
+    return finish({"all": data}, root, out_dir, "wav/SSTTTEV.wav such as 03a01Fa.wav")

@@ -22,7 +22,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from local.data.corpora.files import find, locate, read_lines
+from local.data.corpora.files import find, finish, locate, read_lines
 from local.data.kaldi import DataDir
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,8 @@ def prepare(corpus_dir: Path | str, out_dir: Path | str | None = None, *,
             data["text"][utt] = lines[utt][0]
             data["utt2emo"][utt] = emotion
             data["utt2lang"][utt] = "cmn" if int(speaker) <= 10 else "en"
-    if not any(len(d) for d in sets.values()):
-        raise ValueError(f"{root}: no ESD utterance found (expected <spk>/<Emotion>[/<split>]/<spk>_NNNNNN.wav)")
     if derived:
         log.warning("%s: %d utterances are in no train/evaluation/test folder: their split follows the index "
                     "(1-20 evaluation, 21-50 test, 51-350 train of each emotion), inferred, not released",
                     root, derived)
-    for name, data in sets.items():
-        log.info("%s %s: %d utterances, %d rejected", root, name, len(data), len(data.rejected))
-        if out_dir is not None:
-            data.save(Path(out_dir) / name)
-    return sets
+    return finish(sets, root, out_dir, "<spk>/<Emotion>[/<split>]/<spk>_NNNNNN.wav")

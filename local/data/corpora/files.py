@@ -6,8 +6,13 @@ validates them by name.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from local.data.kaldi import DataDir
+
+log = logging.getLogger(__name__)
 
 # Tried in order: the released metadata of these corpora is ASCII or UTF-8 except for a few files
 # written on Windows (cp1252); latin-1 decodes any byte, so it is the last resort, never a failure.
@@ -61,3 +66,16 @@ def read_lines(path: Path, encodings: Sequence[str] = ENCODINGS) -> list[str]:
             except UnicodeDecodeError:
                 continue
     return [line.rstrip("\r") for line in text.split("\n")]
+
+
+def finish(sets: dict[str, DataDir], root: Path, out_dir: Path | str | None, expected: str) -> dict[str, DataDir]:
+    """A preparer's last step: fail when nothing was found (naming what was ``expected``), log each
+    set's counts, write the sets under ``out_dir`` when given."""
+    if not any(len(data) or data.rejected for data in sets.values()):
+        raise ValueError(f"{root}: no utterance found (expected {expected})")
+    for name, data in sets.items():
+        log.info("%s %s: %d utterances of %d speakers, %d rejected", root, name, len(data),
+                 len(set(data.tables.get("utt2spk", {}).values())), len(data.rejected))
+        if out_dir is not None:
+            data.save(Path(out_dir) / name)
+    return sets

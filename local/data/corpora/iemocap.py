@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from local.data.corpora.files import find, locate, read_lines
+from local.data.corpora.files import find, finish, locate, read_lines
 from local.data.kaldi import DataDir, format_dist
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,4 @@ def prepare(corpus_dir: Path | str, out_dir: Path | str | None = None, *, vote_w
             raise ValueError(f"{folder}: no utterance found (expected sentences/wav/<dialog>/<id>.wav and "
                              "dialog/EmoEvaluation/<dialog>.txt)")
         sessions[f"session{number}"] = data
-        log.info("%s: %d utterances, %d rejected", folder, len(data), len(data.rejected))
-        if out_dir is not None:
-            data.save(Path(out_dir) / f"session{number}")
-    return sessions
+    return finish(sessions, root, out_dir, "Session<n>/sentences/wav/<dialog>/<id>.wav")

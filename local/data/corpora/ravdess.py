@@ -16,7 +16,7 @@ import logging
 import re
 from pathlib import Path
 
-from local.data.corpora.files import find, locate
+from local.data.corpora.files import find, finish, locate
 from local.data.kaldi import DataDir
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,4 @@ def prepare(corpus_dir: Path | str, out_dir: Path | str | None = None, *, song: 
         data["utt2emo"][utt] = EMOTIONS[emotion]
         data["utt2int"][utt] = INTENSITIES[intensity]
         data["utt2lang"][utt] = "en"
-    if not len(data):
-        raise ValueError(f"{root}: no RAVDESS speech file found (expected Actor_NN/03-01-*.wav)")
-    log.info("%s: %d utterances of %d actors, %d rejected", root, len(data), len(set(data["utt2spk"].values())),
-             len(data.rejected))
-    if out_dir is not None:
-        data.save(Path(out_dir) / "all")
-    return {"all": data}
+    return finish({"all": data}, root, out_dir, "Actor_NN/03-01-*.wav")
