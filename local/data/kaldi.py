@@ -12,6 +12,7 @@ place and renamed over it, so a crash never leaves a half-written dir behind.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from local.data.labels import EMOTIONS
+
+log = logging.getLogger(__name__)
 
 # Tables keyed by utterance id.  Only wav.scp and utt2spk are required.
 UTT_TABLES = (
@@ -251,6 +254,31 @@ class DataDir:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def combine_data(parts: Mapping[str, DataDir]) -> DataDir:
+    """One dir of several (Kaldi's combine_data.sh): a fold's training set is the union of sessions or
+    speakers.  A table missing from some part is left out of the whole, with the parts that lack it
+    named in the log, because keeping it would reject every utterance of those parts; an utterance id
+    in two parts is an error naming both, since its tables could not say which part it is."""
+    names = [set(d.tables) for d in parts.values()]
+    shared = set.intersection(*names) if names else set()
+    for table in sorted(set.union(*names) - shared if names else ()):
+        lacking = [k for k, d in parts.items() if table not in d.tables]
+        log.warning("combining %s: %s is left out (not in %s)", ", ".join(parts), table, ", ".join(lacking))
+    whole = DataDir({name: {} for name in sorted(shared)})
+    seen: dict[str, str] = {}
+    for key, data in parts.items():
+        for utt in list(data.tables.get("utt2spk", {})) + list(data.rejected):
+            if utt in seen:
+                raise DataDirError(key, None, f"utterance '{utt}' is also in {seen[utt]}: cannot combine them")
+            seen[utt] = key
+        for name in shared:
+            whole.tables[name].update(data.tables[name])
+        whole.rejected.update(data.rejected)
+    for name in shared:
+        whole.tables[name] = {k: whole.tables[name][k] for k in c_sorted(whole.tables[name])}
+    return whole
 
 
 def replace_dir(src: Path, dst: Path) -> None:

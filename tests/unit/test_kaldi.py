@@ -142,3 +142,18 @@ def test_subset_cuts_every_table_and_the_targets(tmp_path):
     assert DataDir.load(tmp_path / "spk").utts == [u for u in sorted(utts) if u.startswith("spk2")]
     (tmp_path / "none.txt").write_text("nobody\n")
     assert subset_main([str(src), str(tmp_path / "none"), "--utt-list", str(tmp_path / "none.txt")]) == 1
+
+
+def test_combine_data_is_the_union_of_its_parts(caplog):
+    from local.data.kaldi import combine_data
+
+    s1 = DataDir({"utt2spk": {"b-1": "b"}, "utt2emo": {"b-1": "anger"}, "utt2dist": {"b-1": "anger:1.0000"}},
+                 rejected={"b-2": "no audio"})
+    s2 = DataDir({"utt2spk": {"a-1": "a", "a-2": "a"}, "utt2emo": {"a-1": "sadness", "a-2": "neutral"}})
+    with caplog.at_level("WARNING"):
+        whole = combine_data({"session1": s1, "session2": s2})
+    assert whole.utts == ["a-1", "a-2", "b-1"] and list(whole["utt2emo"]) == ["a-1", "a-2", "b-1"]
+    assert "utt2dist" not in whole and "utt2dist is left out (not in session2)" in caplog.text
+    assert whole.rejected == {"b-2": "no audio"}
+    with pytest.raises(DataDirError, match="utterance 'a-1' is also in session2"):
+        combine_data({"session2": s2, "again": DataDir({"utt2spk": {"a-1": "a"}})})
