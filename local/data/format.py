@@ -19,6 +19,7 @@ every later stage reads plain 16 kHz files.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -194,6 +195,8 @@ def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
     data["wav.scp"] = {u: wav_scp[u] for u in data.utts}
     data["utt2dur"] = {u: utt2dur[u] for u in data.utts}
     if not len(data):
-        raise DataDirError(src, None, "no utterance survived formatting; see the reasons above")
+        reasons = Counter(re.sub(r"\d+(\.\d+)?", "#", why.split(": ", 1)[-1]) for why in data.rejected.values())
+        raise DataDirError(src, None, f"no utterance survived formatting ({len(data.rejected)} rejected: see "
+                           f"{src}/rejected); most often: " + "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3)))
     data.save(dst)
     return data
