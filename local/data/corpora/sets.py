@@ -1,0 +1,94 @@
+"""Stage 0 of a real-corpus recipe: the corpus' preparer, then the recipe's sets as unions of its parts.
+
+A preparer returns the corpus cut the way it is released (IEMOCAP's sessions, MSP-Podcast's splits,
+RAVDESS as one ``all``); a recipe says in its corpus config which parts, or which speakers of them,
+make each of its sets, per fold::
+
+    preparer: iemocap                      # local.data.corpora.<preparer>
+    fold: 5                                # the fold this run prepares
+    folds:
+      5: {train: [session1, session2, session3], dev: [session4], test: [session5]}
+      # a set may also take some speakers of a part:
+      # test: [{part: all, speakers: [Actor_01, Actor_11]}]
+      # train: [{part: all, except_speakers: [Actor_01, Actor_11]}]
+
+A speaker named in a selector that the part does not hold is an error: a typo would otherwise
+empty a test set silently.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from local.data.kaldi import DataDir, combine_data
+
+log = logging.getLogger(__name__)
+
+
+def select(parts: Mapping[str, DataDir], selector: Any) -> tuple[str, DataDir]:
+    """(a name, the data) of one selector: a part's name, or ``{part, speakers | except_speakers}``."""
+    if isinstance(selector, str):
+        selector = {"part": selector}
+    selector = dict(selector)
+    name = selector.pop("part", None)
+    if name not in parts:
+        raise ValueError(f"corpus.folds: no part {name!r}; the preparer gives {sorted(parts)}")
+    data = parts[name]
+    unknown_keys = set(selector) - {"speakers", "except_speakers"}
+    if unknown_keys or len(selector) > 1:
+        raise ValueError(f"corpus.folds: a selector of {name!r} takes speakers or except_speakers, "
+                         f"not {sorted(selector)}")
+    if not selector:
+        return name, data
+    key, speakers = next(iter(selector.items()))
+    speakers = set(map(str, speakers))
+    held = set(data["utt2spk"].values())
+    owner = {u: owner_of(u, held) for u in data.rejected}  # ids start with their speaker's
+    missing = sorted(speakers - held - set(owner.values()))
+    if missing:
+        raise ValueError(f"corpus.folds: part {name!r} has no speaker {missing}")
+    wanted = (lambda spk: spk in speakers) if key == "speakers" else (lambda spk: spk not in speakers)
+    chosen = data.subset(u for u, spk in data["utt2spk"].items() if wanted(spk))
+    # a rejected utterance of no known speaker is listed with the rest of the part, not in a selection
+    chosen.rejected = {u: why for u, why in data.rejected.items()
+                       if (wanted(owner[u]) if owner[u] else key == "except_speakers")}
+    return f"{name}[{key}={','.join(sorted(speakers))}]", chosen
+
+
+def owner_of(utt: str, speakers: set[str]) -> str | None:
+    """The speaker an utterance id starts with (the longest, should one speaker id start another)."""
+    matches = [s for s in speakers if utt.startswith(s)]
+    return max(matches, key=len) if matches else None
+
+
+def fold_sets(parts: Mapping[str, DataDir], folds: Mapping, fold: Any) -> dict[str, DataDir]:
+    """{set name: data} of ``fold``: each set the union of its selectors."""
+    chosen = folds.get(fold, folds.get(str(fold)))
+    if chosen is None:
+        raise ValueError(f"corpus.fold={fold}: not one of corpus.folds {sorted(map(str, folds))}")
+    sets = {}
+    for set_name, selectors in chosen.items():
+        picked = dict(select(parts, s) for s in selectors)
+        sets[set_name] = combine_data(picked)
+    return sets
+
+
+def prepare_recipe(cfg: DictConfig) -> dict[str, DataDir]:
+    """Run the corpus' preparer and write the sets of ``corpus.fold`` under ``data_root``."""
+    corpus = cfg.corpus
+    module = importlib.import_module(f"local.data.corpora.{corpus.preparer}")
+    options = OmegaConf.to_container(corpus.get("preparer_args") or {}, resolve=True)
+    if not corpus.get("db"):
+        raise ValueError(f"corpus.db is empty: set {corpus.var} (db.sh) to where {corpus.name} is on this machine")
+    parts = module.prepare(corpus.db, var=corpus.var, **options)
+    folds = OmegaConf.to_container(corpus.folds, resolve=True)
+    sets = fold_sets(parts, folds, corpus.fold)
+    for name, data in sets.items():
+        data.save(Path(cfg.data_root) / name)
+        log.info("%s/%s: %d utterances, %d rejected (fold %s)", cfg.data_root, name, len(data), len(data.rejected),
+                 corpus.fold)
+    return sets
