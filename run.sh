@@ -180,7 +180,7 @@ run_stage 0 prepare data local.bin.prepare ${common_args} ${prepare_args}
 if [ -e "${ran_dir}/prepare" ]; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
-    ${python} -m local.bin.validate --report "${data_root}/${s}" || true
+    ${python} -m local.bin.validate --report --any-labels "${data_root}/${s}" || true
   done
 fi
 run_stage 1 format data local.bin.format ${common_args} ${format_args}

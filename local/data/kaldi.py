@@ -294,7 +294,7 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 # --- validation ---------------------------------------------------------------
 
-def validate_data_dir(path: Path | str, labels: Iterable[str] = EMOTIONS,
+def validate_data_dir(path: Path | str, labels: Iterable[str] | None = EMOTIONS,
                       check_audio: bool = True) -> DataDir:
     """Check a data dir the way Kaldi's validate_data_dir.sh does, plus our tables.
 
@@ -306,7 +306,7 @@ def validate_data_dir(path: Path | str, labels: Iterable[str] = EMOTIONS,
         if not (path / name).exists():
             raise DataDirError(path / name, None, "required file is missing")
     data = DataDir.load(path)
-    labels = set(labels)
+    labels = None if labels is None else set(labels)  # None: a corpus' own labels, before stage 1 maps them
     utt2spk = data["utt2spk"]
     if not utt2spk:
         raise DataDirError(path / "utt2spk", None, "is empty")
@@ -365,7 +365,7 @@ def validate_data_dir(path: Path | str, labels: Iterable[str] = EMOTIONS,
 
     for name in ("utt2emo",):
         for i, (utt, label) in enumerate(data.tables.get(name, {}).items(), 1):
-            if label not in labels:
+            if labels is not None and label not in labels:
                 raise DataDirError(path / name, i,
                                    f"unknown label '{label}' for '{utt}' (known: {', '.join(sorted(labels))})")
 
@@ -375,7 +375,7 @@ def validate_data_dir(path: Path | str, labels: Iterable[str] = EMOTIONS,
         except ValueError as e:
             raise DataDirError(path / "utt2dist", i, f"{utt}: {e}") from None
         for label, p in dist.items():
-            if label not in labels:
+            if labels is not None and label not in labels:
                 raise DataDirError(path / "utt2dist", i, f"unknown label '{label}' for '{utt}'")
             if not (0 <= p <= 1):
                 raise DataDirError(path / "utt2dist", i, f"probability {p} of '{label}' is not in [0, 1]")

@@ -157,3 +157,15 @@ def test_combine_data_is_the_union_of_its_parts(caplog):
     assert whole.rejected == {"b-2": "no audio"}
     with pytest.raises(DataDirError, match="utterance 'a-1' is also in session2"):
         combine_data({"session2": s2, "again": DataDir({"utt2spk": {"a-1": "a"}})})
+
+
+def test_a_corpus_own_labels_pass_with_any_labels(data_dir, capsys):
+    from local.bin.validate import main as validate_main
+
+    lines = (data_dir / "utt2emo").read_text().splitlines()
+    write(data_dir / "utt2emo", "\n".join(["spk0-utt0 fru", *lines[1:]]) + "\n")
+    with pytest.raises(DataDirError, match="unknown label 'fru'"):
+        validate_data_dir(data_dir)
+    assert len(validate_data_dir(data_dir, labels=None)) == 6
+    assert validate_main([str(data_dir)]) == 1 and "unknown label 'fru'" in capsys.readouterr().err
+    assert validate_main(["--any-labels", str(data_dir)]) == 0

@@ -79,5 +79,6 @@ def test_run_sh_takes_the_fake_iemocap_through_stage_3(recipe, tmp_path):
                           "--exp_root", str(tmp_path / "exp")], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "per label (ang hap neu sad)" in out.stdout
+    assert "unknown label" not in out.stdout + out.stderr  # stage 0 writes IEMOCAP's own codes: no false alarm
     assert "| test | 2 | 0 |" in out.stdout  # Session 5's two utterances, none lost
     assert (tmp_path / "data" / "train" / "targets.jsonl").is_file()
