@@ -1,4 +1,5 @@
-"""Stage 0: the recipe's own ``prepare.py`` (run from the recipe dir), under a provenance record.
+"""Stage 0: the corpus' preparer and folds (``corpus.preparer``), or the recipe's own ``prepare.py``
+(run from the recipe dir), under a provenance record.
 
     cd egs/<corpus> && python -m local.bin.prepare corpus=<corpus>
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from local.bin.stages import stage_run
+from local.data.corpora.sets import prepare_recipe
 from local.utils.hydra import entry_point
 
 
@@ -29,7 +31,9 @@ def recipe_prepare(path: Path = Path("prepare.py")):
 
 @entry_point
 def main(cfg: DictConfig) -> None:
-    prepare = recipe_prepare()
+    # A real corpus names its preparer (local/data/corpora/<preparer>.py) and its folds in the corpus
+    # config; a corpus of its own making (mini_lime) brings a prepare.py.
+    prepare = prepare_recipe if cfg.corpus.get("preparer") else recipe_prepare()
     with stage_run(cfg, "prepare") as stage:
         prepare(stage.cfg)
 

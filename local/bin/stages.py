@@ -36,6 +36,7 @@ its own config or inputs change, so it never overwrites a user's edit.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,13 @@ def _corpus_files(cfg: DictConfig) -> dict[str, str]:
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True)
     return {f"corpus.{k}": str(v) for k, v in flatten(corpus).items()
             if isinstance(v, str) and v and Path(v).is_file()}
+
+
+def _preparer(cfg: DictConfig) -> dict[str, str]:
+    """The source of the corpus' preparer module, where the corpus config names one: editing it re-runs stage 0."""
+    name = cfg.corpus.get("preparer")
+    spec = importlib.util.find_spec(f"local.data.corpora.{name}") if name else None
+    return {"preparer": spec.origin} if spec else {}
 
 
 def _training_data(cfg: DictConfig) -> dict[str, str]:
@@ -167,7 +175,7 @@ def _probe_inputs(cfg: DictConfig) -> dict[str, str]:
 TRAINING = ("model", "trainer", "seed", "shards.max_shard_size", "shards.audio_format")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("prepare", _keys("corpus"), lambda cfg: {"prepare.py": "prepare.py", **_corpus_files(cfg)},
+    Stage("prepare", _keys("corpus"), lambda cfg: {"prepare.py": "prepare.py", **_preparer(cfg), **_corpus_files(cfg)},
           _data_dirs, in_place=True, reads_records=False),
     # Which set is train, dev or test changes what stages 1-2 write (test sets are never filtered).
     Stage("format", _keys("format", "corpus.labels", "corpus.label_map", "train_set", "dev_set", "test_sets"),

@@ -198,3 +198,11 @@ def test_the_stamp_command_answers_without_importing_torch(layout):
     out = subprocess.run([sys.executable, "-m", "local.bin.stamp", "shards", "shards.nope=1"], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and "does not compose" in out.stderr
+
+
+def test_stage_0_of_a_real_corpus_reads_its_preparers_source():
+    """Editing local/data/corpora/<preparer>.py re-runs stage 0, as editing a recipe's prepare.py does."""
+    cfg = compose(["corpus=iemocap"], recipe_conf=ROOT / "egs" / "iemocap" / "conf")
+    inputs = STAGES["prepare"].inputs(cfg)
+    assert Path(inputs["preparer"]) == ROOT / "local" / "data" / "corpora" / "iemocap.py"
+    assert "preparer" not in STAGES["prepare"].inputs(compose([]))  # mini_lime brings its prepare.py
