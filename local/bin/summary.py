@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from local.data.kaldi import DataDir, parse_kv
-from local.data.labels import EMOTIONS
+from local.data.labels import in_core_order
 
 UNKNOWN = "unknown"  # stage 2's level of what it could not measure (local.data.attributes.UNKNOWN, without torch)
 
@@ -22,7 +22,7 @@ def summarise(data_root: Path, dump_root: Path, sets: list[str]) -> str:
     rows = []
     dirs = {name: DataDir.load(data_root / name) for name in sets}
     present = {e for data in dirs.values() for e in data.tables.get("utt2emo", {}).values()}
-    labels = [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))  # the recipe's set, as held
+    labels = in_core_order(present)  # the recipe's set, as the sets hold it
     for name, data in dirs.items():
         durs = [float(d) for d in data.tables.get("utt2dur", {}).values()]
         emo = Counter(data.tables.get("utt2emo", {}).values())

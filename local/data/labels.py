@@ -31,6 +31,11 @@ DEFAULT_MAP = {
 }
 
 
+def in_core_order(present: set[str]) -> list[str]:
+    """Labels in the order of the core list (C²SER's prompts), any others after them, sorted."""
+    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+
+
 def load_label_map(spec: str | Path | Mapping[str, str | None] | None) -> dict[str, str | None]:
     """The default map updated with a corpus map: a JSON file or a mapping (from the corpus yaml);
     a value of null drops a label."""

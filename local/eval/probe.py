@@ -45,7 +45,7 @@ from sklearn.model_selection import GroupKFold, train_test_split
 from torch import Tensor, nn
 
 from local.data.kaldi import read_table, write_table
-from local.data.labels import EMOTIONS
+from local.data.labels import in_core_order
 from local.eval.metrics import classification_scores
 from local.models.e2v_features import model_fingerprint, write_features
 from local.models.emotion2vec_s import load_emotion2vec
@@ -176,8 +176,7 @@ def train_probe(train: Examples, dev: Examples, label_list: Sequence[str], exp_d
 
 def label_list_of(*parts: Examples) -> list[str]:
     """The classes present, in the order of the core label list (others after it, sorted)."""
-    present = {label for part in parts for label in part.labels}
-    return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
+    return in_core_order({label for part in parts for label in part.labels})
 
 
 def split_dev(train: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:

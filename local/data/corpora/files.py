@@ -15,8 +15,8 @@ from local.data.kaldi import DataDir
 log = logging.getLogger(__name__)
 
 # Tried in order: the released metadata of these corpora is ASCII or UTF-8 except for a few files
-# written on Windows (cp1252); latin-1 decodes any byte, so it is the last resort, never a failure.
-ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+# written on Windows (cp1252).  read_lines falls back to latin-1, which decodes any byte.
+ENCODINGS = ("utf-8-sig", "cp1252")
 
 
 class CorpusError(ValueError):
