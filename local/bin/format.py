@@ -27,7 +27,7 @@ def format_sets(cfg: DictConfig) -> None:
         path = Path(cfg.data_root) / name
         data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, labels, lo, hi,
                                nj=cfg.nj, filter_duration=name in filtered)
-        validate_data_dir(path, labels=labels.labels)
+        validate_data_dir(path, labels=labels.labels if name in filtered else labels.extended().labels)
         log.info("%s: %d utterances kept, %d rejected (%s/rejected)", path, len(data), len(data.rejected), path)
         if name not in filtered:
             outside = sum(not lo <= float(d) <= hi for d in data["utt2dur"].values())

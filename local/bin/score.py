@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from local.data.kaldi import parse_dist, parse_kv, read_table
-from local.data.labels import EMOTIONS
+from local.data.labels import recipe_labels
 from local.eval.attr_baseline import AttributeBaseline
 from local.eval.decode import find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
 from local.eval.extract import extract_labels
@@ -205,9 +205,10 @@ def score(cfg: DictConfig, record: dict) -> str:
                             test_set, data_dir)
             lost = data_rejected(data_dir)
             for row, (records, timing) in set_rows.items():
-                preds = extract_labels([r["hyp"] for r in records], opts.extract, teacher)
+                labels = timing.get("labels") or recipe_labels(cfg.corpus)  # the model's classes
+                preds = extract_labels([r["hyp"] for r in records], opts.extract, teacher, labels)
                 results[test_set][row], matrix = score_row(
-                    records, preds, EMOTIONS, timing, gold, ece_bins=opts.get("ece_bins", 15), attrs=attrs,
+                    records, preds, labels, timing, gold, ece_bins=opts.get("ece_bins", 15), attrs=attrs,
                     data_rejected=lost, dist_wanted=has_dist)
                 if matrix is not None:
                     confusions[(test_set, row)] = matrix
@@ -217,7 +218,7 @@ def score(cfg: DictConfig, record: dict) -> str:
         for backend in (teacher, judge):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
-    markdown = write_results(opts.exp_dir, results, confusions, EMOTIONS, provenance(cfg, record, rows, judge))
+    markdown = write_results(opts.exp_dir, results, confusions, provenance(cfg, record, rows, judge))
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")
     return markdown

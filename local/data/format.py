@@ -58,12 +58,17 @@ def _check_audio(job: tuple[str, str, tuple[float, float | None] | None, str]
     return utt, spec, len(wav) / SAMPLE_RATE, None
 
 
-def harmonise_labels(data: DataDir, labels: LabelSet) -> None:
+def harmonise_labels(data: DataDir, labels: LabelSet, keep_others: bool = False) -> None:
     """Map utt2emo and utt2dist onto the recipe's label set.
 
     A hard label outside the set rejects its utterance; a soft label loses the share of the names
     outside the set and is renormalised (IEMOCAP's 4 classes from raters who also voted
-    frustration), and is rejected when nothing is left.  An unknown name rejects either way."""
+    frustration), and is rejected when nothing is left.  An unknown name, or one the corpus map
+    drops, rejects either way.  ``keep_others`` (a test set) keeps the names outside the set,
+    spelled as the map spells them: stage 10 scores a model on the labels it shares with the set
+    (cross-corpus) and names the others, which it cannot do with utterances that are gone."""
+    if keep_others:
+        labels = labels.extended()
     for utt, label in list(data.tables.get("utt2emo", {}).items()):
         target = labels.lookup(label)
         if target is None:
@@ -139,12 +144,13 @@ def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
                     nj: int = 1, filter_duration: bool = True) -> DataDir:
     """Repair, check and normalise one data dir; write it atomically to ``dst``.
 
-    ``filter_duration=False`` (test sets) keeps utterances outside
-    [min_dur, max_dur]; how many were kept that way is logged.
+    ``filter_duration=False`` (test sets, which are never filtered) keeps utterances outside
+    [min_dur, max_dur], and labels outside the recipe's set (see :func:`harmonise_labels`); how many
+    were kept that way is logged.
     """
     data = DataDir.load_lenient(src)
     drop_inconsistent(data)
-    harmonise_labels(data, labels)
+    harmonise_labels(data, labels, keep_others=not filter_duration)
 
     segments = data.get("segments")
     jobs = []

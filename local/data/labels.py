@@ -36,6 +36,11 @@ def in_core_order(present: set[str]) -> list[str]:
     return [e for e in EMOTIONS if e in present] + sorted(present - set(EMOTIONS))
 
 
+def recipe_labels(corpus: Mapping) -> list[str]:
+    """The classes of a recipe (``corpus.labels``; C²SER's 7 by default): what its models answer in."""
+    return list(corpus.get("labels") or EMOTIONS)
+
+
 def load_label_map(spec: str | Path | Mapping[str, str | None] | None) -> dict[str, str | None]:
     """The default map updated with a corpus map: a JSON file or a mapping (from the corpus yaml);
     a value of null drops a label."""
@@ -68,13 +73,18 @@ class LabelSet:
 
     @classmethod
     def from_config(cls, corpus: Mapping) -> "LabelSet":
-        return cls(tuple(corpus.get("labels") or EMOTIONS), load_label_map(corpus.get("label_map")))
+        return cls(tuple(recipe_labels(corpus)), load_label_map(corpus.get("label_map")))
 
     def lookup(self, label: str) -> str | None:
         """The label of the set that ``label`` stands for; None when it is dropped or unknown."""
         key = label.strip().lower()
         target = key if key in self.labels else self.mapping.get(key)
         return target if target in self.labels else None
+
+    def extended(self) -> "LabelSet":
+        """This set plus every name the map leads to (the core labels among them): what a test set keeps."""
+        names = {v for v in self.mapping.values() if v is not None}
+        return LabelSet(self.labels + tuple(in_core_order(names - set(self.labels))), self.mapping)
 
     def unknown(self, label: str) -> bool:
         key = label.strip().lower()

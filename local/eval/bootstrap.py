@@ -29,6 +29,7 @@ from local.data.labels import EMOTIONS
 from local.eval.decode import read_decode_dir
 from local.eval.extract import extract_labels
 from local.eval.metrics import INVALID, js_divergence, unweighted_accuracy
+from local.eval.report import shared_distributions
 
 
 @dataclass(frozen=True)
@@ -127,14 +128,22 @@ def compare_decodes(dir_a: Path | str, dir_b: Path | str, resamples: int = 2000,
     result: dict = {"a": str(dir_a), "b": str(dir_b), "set": set_a or set_b, "resamples": resamples,
                     "seed": seed, "ci": ci, "n_utts": len(utts), "ua": None, "js": None, "notes": []}
 
+    labels = timing_a.get("labels") or list(EMOTIONS)  # the models' classes, as stage 10 scores them
+    if (timing_b.get("labels") or list(EMOTIONS)) != labels:
+        raise ValueError(f"{dir_a} answers in {labels} and {dir_b} in {timing_b.get('labels') or list(EMOTIONS)}: "
+                         "a paired comparison needs models of one label set")
     labelled = [u for u in utts if by_a[u].get("label") is not None]
+    outside = sorted({by_a[u]["label"] for u in labelled} - set(labels))
+    if outside:
+        labelled = [u for u in labelled if by_a[u]["label"] in labels]
+        result["notes"].append(f"UA: references {outside} are not classes of the models: not compared")
     if labelled:
         refs = [by_a[u]["label"] for u in labelled]
         values = []
         for by in (by_a, by_b):
-            hyps = extract_labels([by[u]["hyp"] for u in labelled], "rules")
-            expected = unweighted_accuracy(refs, [INVALID if h is None else h for h in hyps], EMOTIONS)
-            rows = ua_values(refs, hyps)
+            hyps = extract_labels([by[u]["hyp"] for u in labelled], "rules", labels=labels)
+            expected = unweighted_accuracy(refs, [INVALID if h is None else h for h in hyps], labels)
+            rows = ua_values(refs, hyps, labels)
             if not np.isclose(ua_stat(rows), expected, rtol=0, atol=1e-12):
                 raise AssertionError(f"bootstrap UA {ua_stat(rows)} differs from stage 10's {expected}")
             values.append(rows)
@@ -145,10 +154,10 @@ def compare_decodes(dir_a: Path | str, dir_b: Path | str, resamples: int = 2000,
     reason = js_unavailable(dir_a, dir_b, records_a, records_b, timing_a, timing_b)
     if reason is None:
         data_dir = Path(timing_a.get("data_dir") or timing_b.get("data_dir"))
-        gold = _read_gold(data_dir)
+        gold = shared_distributions(_read_gold(data_dir), labels)
         shared = [u for u in utts if u in gold]
         if shared:
-            js = [js_divergence([by[u]["dist"] for u in shared], [gold[u] for u in shared], EMOTIONS)
+            js = [js_divergence([by[u]["dist"] for u in shared], [gold[u] for u in shared], labels)
                   for by in (by_a, by_b)]
             result["js"] = paired_bootstrap(*js, stat=np.mean, resamples=resamples, seed=seed, ci=ci).as_dict()
         else:

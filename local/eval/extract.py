@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from typing import Sequence
 
+from local.data.labels import EMOTIONS
 from local.reasoning.prompts import render
 from local.reasoning.targets import LABEL_FORMS
 from local.reasoning.teacher import Request, Teacher
@@ -39,13 +41,17 @@ log = logging.getLogger(__name__)
 
 METHODS = ("rules", "llm")
 
-_ASCII_FORMS = {label: [f for f in forms if f.isascii()] for label, forms in LABEL_FORMS.items()}
-_CJK_FORMS = {label: [f for f in forms if not f.isascii()] for label, forms in LABEL_FORMS.items()}
-# Longest form first, so "happiness" is one mention and not "happi" + rest.
-_MENTION = re.compile(
-    r"\b(" + "|".join(sorted((re.escape(f) for forms in _ASCII_FORMS.values() for f in forms), key=len, reverse=True))
-    + r")\b", re.IGNORECASE)
-_FORM_LABEL = {f.lower(): label for label, forms in LABEL_FORMS.items() for f in forms}
+
+@lru_cache(maxsize=None)
+def _forms(labels: tuple[str, ...]) -> tuple[re.Pattern | None, dict[str, str], dict[str, list[str]]]:
+    """(the regex of the labels' English forms, {form: label}, {label: Chinese forms}) of one label set."""
+    forms = {label: LABEL_FORMS.get(label, (label,)) for label in labels}
+    ascii_forms = sorted((f for fs in forms.values() for f in fs if f.isascii()), key=len, reverse=True)
+    # Longest form first, so "happiness" is one mention and not "happi" + rest.
+    regex = re.compile(r"\b(" + "|".join(map(re.escape, ascii_forms)) + r")\b", re.IGNORECASE) if ascii_forms else None
+    return (regex, {f.lower(): label for label, fs in forms.items() for f in fs},
+            {label: [f for f in fs if not f.isascii()] for label, fs in forms.items()})
+
 
 NEGATION_WINDOW = 3  # words (English) or characters (Chinese) before a mention
 NEGATORS = {"not", "no", "never", "without", "nor", "neither", "hardly", "barely", "nothing", "cannot",
@@ -63,10 +69,11 @@ CONCLUSION_CUES = re.compile(
     re.IGNORECASE)
 
 
-def mentions(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, label) of every label word form in ``text``, in order."""
-    found = [(m.start(), m.end(), _FORM_LABEL[m.group(1).lower()]) for m in _MENTION.finditer(text)]
-    for label, forms in _CJK_FORMS.items():
+def mentions(text: str, labels: Sequence[str] = EMOTIONS) -> list[tuple[int, int, str]]:
+    """(start, end, label) of every word form of a label of ``labels`` in ``text``, in order."""
+    regex, form_label, cjk_forms = _forms(tuple(labels))
+    found = [] if regex is None else [(m.start(), m.end(), form_label[m.group(1).lower()]) for m in regex.finditer(text)]
+    for label, forms in cjk_forms.items():
         for form in forms:
             found += [(m.start(), m.end(), label) for m in re.finditer(re.escape(form), text)]
     return sorted(found)
@@ -81,11 +88,12 @@ def is_negated(text: str, start: int) -> bool:
     return any(w in NEGATORS or w.endswith("n't") for w in words)
 
 
-def extract_label(text: str | None) -> str | None:
-    """The label a free-text output concludes with, or None (see the module doc for the rules)."""
+def extract_label(text: str | None, labels: Sequence[str] = EMOTIONS) -> str | None:
+    """The label of ``labels`` (the model's classes) a free-text output concludes with, or None (see the
+    module doc for the rules): a word of a class the model was not trained on is not an answer."""
     if not text:
         return None
-    kept = [(start, label) for start, _, label in mentions(text) if not is_negated(text, start)]
+    kept = [(start, label) for start, _, label in mentions(text, labels) if not is_negated(text, start)]
     if not kept:
         return None
     for cue in reversed(list(CONCLUSION_CUES.finditer(text))):
@@ -95,8 +103,8 @@ def extract_label(text: str | None) -> str | None:
     return kept[-1][1]
 
 
-def extract_labels(texts: Sequence[str], method: str = "rules", teacher: Teacher | None = None
-                   ) -> list[str | None]:
+def extract_labels(texts: Sequence[str], method: str = "rules", teacher: Teacher | None = None,
+                   labels: Sequence[str] = EMOTIONS) -> list[str | None]:
     """One label (or None) per output.
 
     ``method="llm"`` asks ``teacher`` with the paper's extraction prompt, once
@@ -104,14 +112,14 @@ def extract_labels(texts: Sequence[str], method: str = "rules", teacher: Teacher
     "Anger." or "The label is anger"); an unanswered request is invalid.
     """
     if method == "rules":
-        return [extract_label(t) for t in texts]
+        return [extract_label(t, labels) for t in texts]
     if method != "llm":
         raise ValueError(f"label extraction method must be one of {METHODS}, got '{method}'")
     if teacher is None:
         raise ValueError("label extraction with method 'llm' needs a teacher")
     distinct = list(dict.fromkeys(t for t in texts if t and t.strip()))
     requests = [Request(key=f"label_extraction {i}", type="label_extraction",
-                        prompt=render("label_extraction", text=t)) for i, t in enumerate(distinct)]
+                        prompt=render("label_extraction", text=t, labels=", ".join(labels))) for i, t in enumerate(distinct)]
     answers = teacher.generate(requests) if requests else []
     if len(answers) != len(requests):
         raise RuntimeError(f"{teacher.name} returned {len(answers)} answers for {len(requests)} requests")
@@ -119,5 +127,5 @@ def extract_labels(texts: Sequence[str], method: str = "rules", teacher: Teacher
     if unanswered:
         log.warning("%s left %d of %d extraction requests unanswered: those outputs count as invalid",
                     teacher.name, unanswered, len(requests))
-    label_of = {t: extract_label(a) for t, a in zip(distinct, answers)}
+    label_of = {t: extract_label(a, labels) for t, a in zip(distinct, answers)}
     return [label_of.get(t) for t in texts]

@@ -55,6 +55,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -169,19 +170,42 @@ def distribution_row(records: Sequence[Mapping], gold: Mapping[str, Mapping[str,
     return {DIST_KEYS[k]: v for k, v in scores.items()}
 
 
+def shared_distributions(gold: Mapping[str, Mapping[str, float]], labels: Sequence[str]
+                         ) -> dict[str, dict[str, float]]:
+    """The soft labels on ``labels`` alone, renormalised; an utterance with no mass there has none.  A test
+    set of another corpus (cross-corpus) is scored on the labels it shares with the model."""
+    known, out = set(labels), {}
+    for utt, dist in gold.items():
+        kept = {k: v for k, v in dist.items() if k in known}
+        total = sum(kept.values())
+        if total > 0:
+            out[utt] = {k: v / total for k, v in kept.items()}
+    return out
+
+
 def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: Sequence[str],
               timing: Mapping | None = None, gold_dists: Mapping[str, Mapping[str, float]] | None = None,
               ece_bins: int = 15, *, attrs: Mapping[str, Mapping[str, str]] | None = None,
               data_rejected: int = 0, dist_wanted: bool = False) -> tuple[dict, np.ndarray | None]:
     """(the results.json row, the confusion matrix [K, K + 1] or None) of one system on one test set.
 
-    ``preds[i]`` is the label extracted from ``records[i]["hyp"]`` (None: invalid).  With ``gold_dists``
-    (the set's utt2dist) and records that carry "dist" (hyp_dist), the row has the distribution scores;
-    without them, ``dist_wanted`` (another row of the table has hyp_dist) makes it say why.  ``attrs`` is the
-    set's utt2attr (utt -> {key: level}), ``data_rejected`` the lines of its data dir's ``rejected``.
+    ``labels`` are the model's classes and ``preds[i]`` is the label extracted from ``records[i]["hyp"]``
+    (None: invalid).  An utterance whose reference is not one of ``labels`` (a test set of another corpus,
+    or a class the recipe leaves out) is not scored: ``dropped`` counts them per reference label, and the
+    table names them.  With ``gold_dists`` (the set's utt2dist) and records that carry "dist" (hyp_dist),
+    the row has the distribution scores on the shared labels; without them, ``dist_wanted`` (another row of
+    the table has hyp_dist) makes it say why.  ``attrs`` is the set's utt2attr (utt -> {key: level}),
+    ``data_rejected`` the lines of its data dir's ``rejected``.
     """
     if len(records) != len(preds):
         raise ValueError(f"{len(records)} records but {len(preds)} extracted labels")
+    known = set(labels)
+    dropped = Counter(r["label"] for r in records if r.get("label") is not None and r["label"] not in known)
+    if dropped:
+        pairs = [(r, p) for r, p in zip(records, preds) if r.get("label") is None or r["label"] in known]
+        records, preds = [r for r, _ in pairs], [p for _, p in pairs]
+    if gold_dists:
+        gold_dists = shared_distributions(gold_dists, labels)
     scored = [(r, p) for r, p in zip(records, preds) if r.get("label") is not None]
     refs = [r["label"] for r, _ in scored]
     hyps = [INVALID if p is None else p for _, p in scored]
@@ -191,7 +215,9 @@ def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: S
                  "sec_per_utt": timing.get("sec_per_utt"),
                  "invalid_rate": sum(p is None for p in preds) / n_out if n_out else None,
                  "mean_words": sum(count_words(r["hyp"]) for r in records) / n_out if n_out else None,
-                 "per_class": {}}
+                 "per_class": {}, "labels": list(labels)}
+    if dropped:
+        row["dropped"] = dict(sorted(dropped.items()))
     matrix = None
     if scored:
         scores = classification_scores(refs, hyps, labels)
@@ -307,10 +333,18 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in)]
         notes = [f"- {name}: no distribution scores: {row['dist_note']}."
                  for name, row in rows.items() if row.get("dist_note")]
+        notes += [_dropped_note(name, row) for name, row in rows.items() if row.get("dropped")]
         if notes:
             lines += ["", *notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _dropped_note(name: str, row: Mapping) -> str:
+    """Which references were left out of a row because the model has no such class."""
+    counts = ", ".join(f"{label} ({n})" for label, n in row["dropped"].items())
+    return (f"- {name}: scored on the labels shared with the model ({', '.join(row['labels'])}); not scored, "
+            f"{sum(row['dropped'].values())} utterances of the labels it does not have: {counts}.")
 
 
 def _teacher_line(teacher: Mapping) -> str:
@@ -356,8 +390,7 @@ def judge_row(scores: Sequence[Mapping[str, float] | None], backend: str | None 
 
 
 def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mapping]],
-                  confusions: Mapping[tuple[str, str], np.ndarray], labels: Sequence[str],
-                  provenance: Mapping | None = None) -> str:
+                  confusions: Mapping[tuple[str, str], np.ndarray], provenance: Mapping | None = None) -> str:
     """Write results.json ({"provenance", "tables"}), results.md and confusion_<set>_<row>.png (each
     atomically); return the markdown.  Plots of tables or rows no longer in ``results`` are removed, so a
     directory never shows a confusion matrix of an earlier run beside this one's table."""
@@ -372,5 +405,5 @@ def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mappin
             old.unlink()
     for (test_set, row), matrix in confusions.items():
         write_bytes_atomic(out_dir / f"confusion_{test_set}_{row}.png",
-                           confusion_png(matrix, labels, f"{test_set}: {row}"))
+                           confusion_png(matrix, results[test_set][row]["labels"], f"{test_set}: {row}"))
     return markdown

@@ -14,6 +14,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from string import Template
+from typing import Sequence
 
 from local.data.labels import EMOTIONS
 
@@ -46,9 +47,10 @@ def render(name: str, **fields: object) -> str:
     return Template(load_prompt(name)).substitute({k: str(v) for k, v in fields.items()})
 
 
-def instruction(name: str) -> str:
-    """What the model is asked: a prompt whose only field is the label list (``${labels}``) gets the 7 core labels."""
-    return render(name, labels=", ".join(EMOTIONS))
+def instruction(name: str, labels: Sequence[str] = EMOTIONS) -> str:
+    """What the model is asked: a prompt whose only field is the label list (``${labels}``) gets the recipe's
+    set (IEMOCAP's 4 classes, RAVDESS's 8 ...), in its order."""
+    return render(name, labels=", ".join(labels))
 
 
 def with_transcript(instruction: str, text: str) -> str:

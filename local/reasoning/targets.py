@@ -55,6 +55,10 @@ LABEL_FORMS = {
     "surprise": ("surprise", "surprised", "惊讶", "吃惊"),
     "disgust": ("disgust", "disgusted", "厌恶", "恶心"),
     "fear": ("fear", "fearful", "afraid", "scared", "害怕", "恐惧"),
+    # classes of recipes beyond the core 7 (RAVDESS, MSP-Podcast, EmoDB); any other label is its own only form
+    "calm": ("calm", "calmness"),
+    "contempt": ("contempt", "contemptuous", "轻蔑"),
+    "boredom": ("boredom", "bored", "无聊"),
 }
 
 EIPS_FORMAT = re.compile(r"\s*<thought>(?P<thought>.*?)</thought>\s*<response>(?P<response>.*?)</response>\s*",

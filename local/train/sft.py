@@ -45,7 +45,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
-from local.data.labels import EMOTIONS
+from local.data.labels import EMOTIONS, recipe_labels
 from local.data.loader import ShardLoader
 from local.models.alm import AudioLLM, build_alm, load_alm, save_alm
 from local.models.cache import cached_shards
@@ -100,15 +100,20 @@ def instruction_for(target_type: str, rng: np.random.Generator, facts: Mapping |
     if name == "questions":
         pool = load_questions()["emotion"]
         return pool[int(rng.integers(len(pool)))]
-    return instruction(name)
+    return instruction(name, (facts or {}).get("labels") or EMOTIONS)
 
 
-def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str]) -> dict:
-    """:attr:`AudioLLM.facts` for a stage training ``types``: a fresh model takes the stage's settings, a
-    continued one keeps its own, and a stage setting that contradicts them is an error naming the key."""
+def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str], labels: Sequence[str]) -> dict:
+    """:attr:`AudioLLM.facts` for a stage training ``types`` on a recipe whose classes are ``labels``
+    (corpus.labels): a fresh model takes the stage's settings, a continued one keeps its own, and a stage
+    setting that contradicts them is an error naming the key."""
     facts = dict(model.facts)
+    labels = list(labels)
+    if facts.get("labels") and list(facts["labels"]) != labels:
+        raise ValueError(f"corpus.labels is {labels}, but the model this stage continues from answers in "
+                         f"{list(facts['labels'])}: a model keeps the label set it was trained with")
     own = {"transcript_in_prompt": bool(stage.get("transcript_in_prompt")),
-           "readout": OmegaConf.to_container(stage.readout, resolve=True) if stage.get("readout") else None}
+           "readout": readout_facts(stage, labels)}
     for key, value in own.items():
         if key not in facts:
             facts[key] = value
@@ -116,12 +121,13 @@ def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str]) -> 
             raise ValueError(f"{key} is {value} for this stage, but the model it continues from was trained with "
                              f"{facts[key]}: a stage cannot change how its model reads its input; leave the "
                              "key at its default (it follows the model) or retrain from scratch")
-    facts.setdefault("labels", list((facts.get("readout") or {}).get("labels") or EMOTIONS))
+    facts.setdefault("labels", labels)
     targets = dict(facts.get("targets") or {})
     for t in types:
         if t not in targets:
             name = TARGET_TYPES[t].instruction
-            targets[t] = {"instruction": name, "text": None if name == "questions" else instruction(name)}
+            targets[t] = {"instruction": name,
+                          "text": None if name == "questions" else instruction(name, facts["labels"])}
     facts["targets"] = targets
     return facts
 
@@ -192,9 +198,9 @@ def sft_loss(model: nn.Module, batch: Mapping, kl_weight: float = 0.0) -> tuple[
 
 # --- what a stage runs --------------------------------------------------------------
 
-def tokenizer_texts(targets_path: Path) -> list[str]:
+def tokenizer_texts(targets_path: Path, labels: Sequence[str] = EMOTIONS) -> list[str]:
     """What a tokenizer for the tiny LM is trained on: every target and instruction it will see."""
-    texts = [instruction(t.instruction) for t in TARGET_TYPES.values() if t.instruction != "questions"]
+    texts = [instruction(t.instruction, labels) for t in TARGET_TYPES.values() if t.instruction != "questions"]
     texts += [q for pool in load_questions().values() if isinstance(pool, list) for q in pool]
     with open(targets_path, encoding="utf-8") as f:
         texts += [json.loads(line)["target"] for line in f]
@@ -207,7 +213,7 @@ def make_tokenizer(cfg: DictConfig, stage: DictConfig):
     llm = cfg.model.llm
     if llm.get("name_or_path") or llm.get("tokenizer"):
         return None
-    texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl")
+    texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl", recipe_labels(cfg.corpus))
     path = Path(stage.exp_dir).parent / f"tokenizer_{value_digest([texts, stage.tokenizer_vocab])[:12]}"
     if not (path / "tokenizer.json").exists():
         tok = train_tokenizer(texts, vocab_size=stage.tokenizer_vocab)
@@ -251,27 +257,25 @@ def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
             for split in (cfg.train_set, cfg.dev_set)), speakers=True)
 
 
-def check_label_set(cfg: DictConfig) -> None:
-    """The audio LLM's prompts, targets, read-out and scoring name C²SER's 7 labels; a recipe with
-    another ``corpus.labels`` gets its data stages (0-5) but must not train a model that would
-    answer in a set its data does not hold."""
-    labels = tuple(cfg.corpus.get("labels") or EMOTIONS)
-    if labels != EMOTIONS:
-        raise ValueError(f"corpus.labels is {list(labels)}: the audio-LLM stages (6-10) support C²SER's 7 labels "
-                         f"{list(EMOTIONS)} only so far; stages 0-5 take any label set")
+def readout_facts(stage: DictConfig, labels: Sequence[str]) -> dict | None:
+    """The stage's read-out settings, its candidates the recipe's classes unless it names its own."""
+    if not stage.get("readout"):
+        return None
+    readout = OmegaConf.to_container(stage.readout, resolve=True)
+    readout["labels"] = list(readout.get("labels") or labels)
+    return readout
 
 
 def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> Path:
     """Train one SFT stage (``stage`` = cfg.sft or cfg.distill); return the saved model dir.  ``fingerprint``
     (the stage's, local/bin/stages.py) decides whether a checkpoint of an earlier run may be resumed."""
-    check_label_set(cfg)
     exp_dir = Path(stage.exp_dir)
     model_dir = exp_dir / "model"
     if stage.get("init_from"):
         model = load_alm(stage.init_from)
     else:
         model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
-    model.facts = training_facts(model, stage, (stage.explicit, stage.implicit))
+    model.facts = training_facts(model, stage, (stage.explicit, stage.implicit), recipe_labels(cfg.corpus))
     facts = model.facts
     train, valid = shard_loaders(model, cfg, stage.batch_size)
     fit_feature_norm(model, cfg, stage)

@@ -39,7 +39,7 @@ from local.train.sft import with_transcript
 from local.utils.hydra import compose
 from test_alm import PROMPT, build_tiny, tiny_dirs  # noqa: F401  (tiny_dirs: the tiny Whisper / LM fixture)
 
-ROW_KEYS = {"ua", "wa", "f1", "n", "rejected", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class"}
+ROW_KEYS = {"ua", "wa", "f1", "n", "rejected", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class", "labels"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,7 +100,7 @@ def test_llm_extraction_reads_the_teachers_answer_with_the_rules():
     labels = extract_labels(outputs, "llm", teacher)
     assert labels == ["anger", "neutral", "anger", None, None]
     # the paper's prompt, once per distinct non-empty output
-    assert teacher.asked == [render("label_extraction", text=t) for t in outputs[:2] + outputs[3:4]]
+    assert teacher.asked == [render("label_extraction", text=t, labels=", ".join(EMOTIONS)) for t in outputs[:2] + outputs[3:4]]
     assert load_prompt("label_extraction").startswith("Given the following text")
     with pytest.raises(ValueError, match="method"):
         extract_labels(outputs, "regex")
@@ -197,9 +197,10 @@ def test_decoding_normalises_by_the_test_sets_own_speakers(tiny_dirs, test_dirs,
 
 def as_trained(model, cfg):
     """The model with the facts stage 6 would have saved with it (training.yaml): its instructions, read-out."""
+    from local.data.labels import recipe_labels
     from local.train.sft import training_facts
 
-    model.facts = training_facts(model, cfg.sft, (cfg.sft.explicit, cfg.sft.implicit))
+    model.facts = training_facts(model, cfg.sft, (cfg.sft.explicit, cfg.sft.implicit), recipe_labels(cfg.corpus))
     return model
 
 
@@ -262,7 +263,7 @@ def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_
     decode_main(cfg)
     decode_dir = test_dirs / "exp" / "c2ser" / "decode_test_explicit"
     records, timing = read_decode_dir(decode_dir)
-    assert timing["readout"] == {"answer_prefix": "\nDistribution:", "separator": " ", "labels": None}
+    assert timing["readout"] == {"answer_prefix": "\nDistribution:", "separator": " ", "labels": list(EMOTIONS)}
     assert timing["readout_seconds"] > 0
     table = read_table(decode_dir / "hyp_dist")
     assert list(table) == tables.utts and all("dist" not in json.loads(line)
@@ -658,3 +659,27 @@ def test_a_decode_of_a_mode_the_system_no_longer_decodes_is_not_scored(tmp_path,
     assert "modes ['explicit']" in caplog.text and "left out" in caplog.text
     with pytest.raises(FileNotFoundError, match="mode 'cot' has no decode: .*decode_t1_cot has no hyps.jsonl"):
         score_main(compose([*overrides, "decode.modes=[implicit,cot]"]))
+
+
+def test_a_test_set_of_another_corpus_is_scored_on_the_shared_labels(tmp_path, capsys):
+    """Cross-corpus: a model of two classes on a set that also holds happiness; the table names what it left out."""
+    exp = tmp_path / "exp" / "sys"
+    gold = [{"anger": 0.5, "happiness": 0.5}, {"sadness": 1.0}, {"happiness": 1.0},
+            {"anger": 1.0}, {"sadness": 0.75, "anger": 0.25}, {"happiness": 1.0}]
+    write_set(tmp_path / "data" / "t1", utt2dist={u: " ".join(f"{k}:{v}" for k, v in d.items())
+                                                  for (u, *_), d in zip(HAND, gold)})
+    write_hand_decode(exp / "decode_t1_implicit", [h for *_, h in HAND], 0.01, labels=["anger", "sadness"],
+                      dists=[{"anger": 0.9, "sadness": 0.1}] * 6)
+    score_main(compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}",
+                        "score.attributes=false", "decode.modes=[implicit]", "score.baselines={}"]))
+    row = json.loads((exp / "results.json").read_text())["tables"]["t1"]["implicit"]
+    refs, hyps = ["anger", "sadness", "anger", "sadness"], ["anger", INVALID, INVALID, "sadness"]  # happiness: no class
+    assert row["n"] == 4 and row["dropped"] == {"happiness": 2} and row["labels"] == ["anger", "sadness"]
+    assert row["ua"] == classification_scores(refs, hyps, ["anger", "sadness"])["ua"] == 0.5
+    # soft labels on the shared classes, renormalised: s1-a's {anger 0.5, happiness 0.5} is {anger 1}
+    want = distribution_scores([{"anger": 0.9, "sadness": 0.1}] * 4,
+                               [{"anger": 1.0}, {"sadness": 1.0}, {"anger": 1.0}, {"sadness": 0.75, "anger": 0.25}],
+                               ["anger", "sadness"])
+    assert row["js"] == pytest.approx(want["js"])
+    assert ("implicit: scored on the labels shared with the model (anger, sadness); not scored, 2 utterances of "
+            "the labels it does not have: happiness (2).") in capsys.readouterr().out

@@ -129,15 +129,6 @@ def test_stage_1_reads_the_label_set_and_map_from_the_corpus_config(tmp_path):
     assert set(data.rejected) == {"spk0-utt2", "spk1-utt2"}  # neutral: not in the set
 
 
-def test_the_audio_llm_stages_refuse_a_label_set_they_cannot_serve():
-    from local.train.sft import check_label_set
-    from local.utils.hydra import compose
-
-    check_label_set(compose([]))
-    with pytest.raises(ValueError, match=r"corpus.labels is \['anger', 'sadness'\]: the audio-LLM stages"):
-        check_label_set(compose(["corpus.labels=[anger,sadness]"]))
-
-
 def test_unsorted_is_repaired_duplicates_rejected(data_dir, tmp_path):
     lines = (data_dir / "text").read_text().splitlines(keepends=True)
     (data_dir / "text").write_text("".join(reversed(lines)) + "spk1-utt1 said twice\n")
@@ -250,3 +241,25 @@ def test_nothing_left_is_an_error(data_dir, tmp_path):
     with pytest.raises(DataDirError, match=r"no utterance survived formatting \(6 rejected: see .*; most often: "
                                            r"6 x duration # s is shorter than min_dur # s"):
         run_format(data_dir, tmp_path, min_dur=5.0)
+
+
+def test_a_test_set_keeps_labels_outside_the_set_and_train_does_not(tmp_path):
+    """Test sets are never filtered: stage 10 scores the labels a model shares with them and names the rest."""
+    from conftest import make_data_dir
+    from local.bin.format import main
+    from local.utils.hydra import compose
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("tr", "te"):
+        make_data_dir(tmp_path / name, labels=("anger", "sad", "joy")).rename(root / name)
+    (root / "te" / "utt2emo").write_text((root / "te" / "utt2emo").read_text().replace("spk1-utt0 anger",
+                                                                                      "spk1-utt0 xxx"))
+    main(compose([f"data_root={root}", f"dump_root={tmp_path / 'dump'}", "train_set=tr", "dev_set=tr",
+                  "test_sets=[te]", "nj=1", "corpus.labels=[anger,sadness]", "corpus.label_map={xxx: null}"]))
+    train, test = DataDir.load(root / "tr"), DataDir.load(root / "te")
+    assert set(train["utt2emo"].values()) == {"anger", "sadness"} and set(train.rejected) == {"spk0-utt2", "spk1-utt2"}
+    assert test["utt2emo"] == {"spk0-utt0": "anger", "spk0-utt1": "sadness", "spk0-utt2": "happiness",
+                               "spk1-utt1": "sadness", "spk1-utt2": "happiness"}  # joy spelled as the map does
+    assert test.rejected == {"spk1-utt0": "label 'xxx' is dropped by corpus.label_map in utt2emo"}
+    assert test["utt2dist"]["spk0-utt2"] == "happiness:1.0000"

@@ -16,6 +16,7 @@ import pytest
 
 from helpers.chat_server import ChatServer, chat_answer
 from local.reasoning.offline import OfflineTeacher, key_phrase, pick
+from local.data.labels import EMOTIONS
 from local.reasoning.prompts import PROMPT_DIR, load_prompt, load_questions, prompt_fields, render
 from local.reasoning.targets import EIPS_FORMAT, TARGET_TYPES, check_target
 from local.reasoning.teacher import CachedTeacher, HFTeacher, OpenAITeacher, Request, build_teacher
@@ -48,7 +49,7 @@ def test_table_one_prompt_is_verbatim_and_renders():
     assert "‘a {b} $c’" in text  # braces and dollars in a transcript are kept as they are
     assert text.endswith("Ensure including all speech features and logic of the description.")
     assert load_prompt("cogaudio_prompt_b") == "Please listen to user's speech, directly generate an empathetic response"
-    assert load_prompt("label_extraction").startswith(
+    assert render("label_extraction", text="x", labels=", ".join(EMOTIONS)).startswith(
         "Given the following text, determine its corresponding emotion and output only the single most "
         "appropriate emotion label. The possible labels are: anger, happiness, neutral, sadness, surprise, "
         "disgust, fear")

@@ -130,3 +130,21 @@ def test_stage9_puts_the_transcript_in_the_cascade_models_prompts(recipe, cascad
     assert sorted(whose(p, dev) for p in asked) == dev
     hyps = Path(cfg.decode.exp_dir) / "decode_dev_implicit" / "hyps.jsonl"
     assert sorted(json.loads(line)["utt"] for line in hyps.read_text().splitlines()) == dev
+
+
+def test_a_recipe_of_another_label_set_trains_a_model_that_answers_in_it():
+    """IEMOCAP's 4 classes: the instructions list them, the read-out reads them; a later stage cannot swap them."""
+    from types import SimpleNamespace
+
+    from local.train.sft import training_facts
+    from local.utils.hydra import compose
+
+    cfg = compose(["experiment=ambiguity", "corpus.labels=[anger,happiness,neutral,sadness]"])
+    labels = list(cfg.corpus.labels)
+    facts = training_facts(SimpleNamespace(facts={}), cfg.sft, ("ambiguity_cot",), labels)
+    assert facts["labels"] == labels and facts["readout"]["labels"] == labels
+    assert "anger, happiness, neutral, sadness" in facts["targets"]["ambiguity_cot"]["text"]
+    assert "surprise" not in facts["targets"]["ambiguity_cot"]["text"]
+    with pytest.raises(ValueError, match=r"the model this stage continues from answers in \['anger', 'happiness', "
+                                         r"'neutral', 'sadness'\]"):
+        training_facts(SimpleNamespace(facts=facts), cfg.sft, ("ambiguity_cot",), ["anger", "sadness"])

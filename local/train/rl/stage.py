@@ -52,7 +52,8 @@ from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
 from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
-from local.train.sft import (check_label_set, fit_feature_norm, instruction_for, select_rows, shard_loaders,
+from local.data.labels import recipe_labels
+from local.train.sft import (fit_feature_norm, instruction_for, select_rows, shard_loaders,
                              training_facts)
 
 log = logging.getLogger(__name__)
@@ -377,11 +378,11 @@ class PolicyOptimisation:
 def run(cfg: DictConfig, judge=None, fingerprint: str | None = None) -> Path:
     """Train stage 8; return the saved model dir.  ``summary.json`` holds the dev reward before and after, for
     the run of this ``fingerprint`` (the stage's, local/bin/stages.py: its checkpoints are resumed only under it)."""
-    check_label_set(cfg)
     stage = cfg.rl
     exp_dir = Path(stage.exp_dir)
     model = load_alm(rl_start_model(cfg))
-    model.facts = training_facts(model, stage, [t for t in (stage.target, stage.get("route_b")) if t])
+    model.facts = training_facts(model, stage, [t for t in (stage.target, stage.get("route_b")) if t],
+                                 recipe_labels(cfg.corpus))
     train, valid = shard_loaders(model, cfg, stage.batch_size)
     fit_feature_norm(model, cfg, stage)
     algo = PolicyOptimisation(cfg, stage, model, judge)
