@@ -10,3 +10,5 @@ export RAVDESS=${RAVDESS:-}          # Audio_Speech_Actors_01-24 (Actor_01 ... A
 export ESD=${ESD:-}                  # Emotion Speech Dataset (0001 ... 0020)
 export EMODB=${EMODB:-}              # EmoDB's download (wav/)
 export EMO_EMILIA=${EMO_EMILIA:-}    # the C2SER repository (Emo-Emilia/Emo-Emilia-ALL.jsonl, Emo-Emilia/wav/)
+export EMOBOX=${EMOBOX:-}            # the EmoBox repository (data/<dataset>/, and downloads/<dataset>/ with the audio)
+export MELD=${MELD:-}                # MELD.Raw (train_sent_emo.csv, train_splits/, ...)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent installer: tools/venv with the pinned stack, plus the system packages
-# the recipes call (espeak-ng for the mini_lime TTS).  Safe to run any number of
-# times; it says what it did and what it skipped.  Re-installs the Python stack
-# only when setup.py changed since the last successful install.
+# the recipes call (espeak-ng for the mini_lime TTS, ffmpeg for MELD's mp4 clips).
+# Safe to run any number of times; it says what it did and what it skipped.
+# Re-installs the Python stack only when setup.py changed since the last
+# successful install.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,7 +14,7 @@ python=${PYTHON:-python3}
 log() { echo "[install] $*"; }
 
 # --- system packages -------------------------------------------------------
-apt_packages=(espeak-ng)
+apt_packages=(espeak-ng ffmpeg)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   command -v "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")

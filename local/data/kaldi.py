@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Tables keyed by utterance id.  Only wav.scp and utt2spk are required.
 UTT_TABLES = (
     "wav.scp", "utt2spk", "text", "utt2emo", "utt2dist", "utt2lang", "utt2dur",
-    "utt2int", "utt2subset", "utt2attr", "segments",
+    "utt2int", "utt2subset", "utt2attr", "utt2sentiment", "segments",
 )
 REQUIRED = ("wav.scp", "utt2spk")
 # Tables whose value may be empty (an empty transcript is legal in Kaldi).
@@ -222,10 +222,12 @@ class DataDir:
             table.pop(utt, None)
         self.rejected[utt] = " ".join(reason.split())
 
-    def subset(self, utts: Iterable[str]) -> "DataDir":
+    def subset(self, utts: Iterable[str], keep_rejected: bool = False) -> "DataDir":
+        """The utterances ``utts`` (with segments: wav.scp keeps the recordings they cut from)."""
         keep = set(utts)
-        return DataDir({name: {u: v for u, v in t.items() if u in keep}
-                        for name, t in self.tables.items()})
+        recordings = {v.split()[0] for u, v in (self.get("segments") or {}).items() if u in keep}
+        return DataDir({name: {u: v for u, v in t.items() if u in keep or (name == "wav.scp" and u in recordings)}
+                        for name, t in self.tables.items()}, rejected=dict(self.rejected) if keep_rejected else {})
 
     def save(self, path: Path | str) -> None:
         """Write atomically: a temp dir beside ``path``, then rename over it.
