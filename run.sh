@@ -54,6 +54,10 @@ data_root=data        # where data dirs live (relative to the recipe dir)
 dump_root=dump        # shards and caches
 exp_root=exp          # models, decodes, results
 baselines=auto        # ablations trained beside the system (conf/baseline/); auto: those of the system's paper
+fold=""               # the corpus fold whose sets stage 0 writes (corpus.folds); empty: the corpus config's corpus.fold
+folds=""              # "1 2 3 4 5" or all: run each fold in <root>/fold<k>/ and report mean ± std over them
+recipe=""             # sizes and budgets (conf/recipe/<name>.yaml); empty: the corpus' own if it has one.
+                      # smoke: tiny models, a few hundred utterances, every stage on a CPU
 e2v_table=false       # stage 5 also pre-trains Emotion2Vec-F and runs the linear probe (C²SER Table V analogue)
 # Hydra overrides passed through to each stage's entry point, e.g. "format.max_dur=15".
 prepare_args=""
@@ -97,6 +101,10 @@ Options:
   --python PATH                Python interpreter (default ${python})
   --train_set / --dev_set / --test_sets   data dirs under ${data_root}/
   --e2v_table true             stage 5 also trains Emotion2Vec-F and probes both (C²SER Table V)
+  --fold K                     the corpus fold stage 0 writes (default: corpus.fold of the corpus config)
+  --folds "1 2 3" | all        every stage for each fold, in <data|dump|exp>_root/fold<K>/, then the
+                               mean ± std over folds in <exp_root>/<system>/folds.md
+  --recipe NAME                sizes and budgets: conf/recipe/NAME.yaml (smoke: tiny models on a CPU)
   --<stage>_args "k=v ..."     Hydra overrides for that stage's entry point (and probe_args)
 
 A stage is skipped when its record (provenance.json) says it was made from the same config keys
@@ -134,6 +142,32 @@ fi
 . "${main_root}/path.sh"
 . "${main_root}/cmd.sh"
 
+# A fold loop runs this script once per fold, each in its own data, dump and exp roots, and then
+# reports the mean ± std over the folds (as EmoBox does).
+if [ -n "${folds}" ]; then
+  if [ "${folds}" = all ]; then
+    folds=$(${python} -m local.bin.folds --list "${corpus}")
+  fi
+  one_fold=()
+  while [ ${#orig_args[@]} -gt 0 ]; do  # the options given, less --folds
+    case "${orig_args[0]}" in
+      --folds) orig_args=("${orig_args[@]:2}") ;;
+      *) one_fold+=("${orig_args[0]}"); orig_args=("${orig_args[@]:1}") ;;
+    esac
+  done
+  for k in ${folds}; do
+    log "Fold ${k} of ${folds}"
+    "$0" ${one_fold[@]+"${one_fold[@]}"} --fold "${k}" --data_root "${data_root}/fold${k}" \
+      --dump_root "${dump_root}/fold${k}" --exp_root "${exp_root}/fold${k}"
+  done
+  if [ "${stop_stage}" -ge 10 ]; then
+    ${python} -m local.bin.folds --out "${exp_root}/${system}" \
+      $(for k in ${folds}; do echo "${exp_root}/fold${k}/${system}/results.json"; done)
+  fi
+  log "Successfully finished ${folds}. [elapsed=${SECONDS}s]"
+  exit 0
+fi
+
 mkdir -p "${exp_root}/log"
 # Remember how this experiment was made.
 { echo "# $(date '+%Y-%m-%dT%H:%M:%S') in $(pwd)"; echo "$0 $(printf '%q ' ${orig_args[@]+"${orig_args[@]}"})"; } >> "${exp_root}/run_history.sh"
@@ -143,9 +177,11 @@ all_sets="${train_set} ${dev_set} ${test_sets}"
 # Overrides every stage gets: the corpus config, the recipe's sizes and budgets, and the data layout.
 common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
 train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
-if [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; then
-  common_args+=" recipe=${corpus}"
+[ -n "${fold}" ] && common_args+=" corpus.fold=${fold}"
+if [ -z "${recipe}" ] && { [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; }; then
+  recipe=${corpus}
 fi
+[ -n "${recipe}" ] && common_args+=" recipe=${recipe}"
 experiment_args="experiment=${system}"
 
 # run_stage N NAME TAG MODULE ARGS... : stage N runs `python -m MODULE ARGS` (logged in

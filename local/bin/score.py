@@ -171,7 +171,8 @@ def provenance(cfg: DictConfig, record: dict, rows: dict, judge: Judge | None) -
                                        if timing.get(k) is not None}
                                  for row, (_, timing) in set_rows.items()}}
     return {**{k: record[k] for k in ("code", "key", "inputs", "started", "host")},
-            "extract": cfg.score.extract, "judge": judge.name if judge is not None else None, "tables": tables}
+            "extract": cfg.score.extract, "judge": judge.name if judge is not None else None, "tables": tables,
+            **({"note": cfg.score.note} if cfg.score.get("note") else {})}
 
 
 @entry_point

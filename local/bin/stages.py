@@ -151,7 +151,7 @@ def _score_inputs(cfg: DictConfig) -> dict[str, str]:
 
 
 def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
-    keys = ("score", "seed", "baselines")
+    keys = ("score", "seed", "baselines", "corpus.labels")  # the labels: of rows with no model (attributes)
     if cfg.score.get("judge_rubrics"):
         keys += ("judge",)
     if cfg.score.extract == "llm" and cfg.score.get("extract_teacher") is None:
@@ -160,7 +160,7 @@ def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def _rl_reads(cfg: DictConfig) -> tuple[str, ...]:
-    keys = ("rl", "model", "trainer", "seed", "shards.max_shard_size", "shards.audio_format")
+    keys = ("rl", *TRAINING)
     return keys + (("judge",) if cfg.rl.reward.kind == "dual_route" else ())
 
 
@@ -172,7 +172,8 @@ def _probe_inputs(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-TRAINING = ("model", "trainer", "seed", "shards.max_shard_size", "shards.audio_format")
+# corpus.labels: the classes a model answers in (its instructions and read-out list them)
+TRAINING = ("model", "trainer", "seed", "shards.max_shard_size", "shards.audio_format", "corpus.labels")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", _keys("corpus"), lambda cfg: {"prepare.py": "prepare.py", **_preparer(cfg), **_corpus_files(cfg)},

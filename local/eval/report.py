@@ -307,7 +307,9 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
                   *([f"{a} word %" for a in ATTR_KEYS] + ["attr n"] if attr else []),
                   *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
                   *(name for _, name in judged), *(["not judged"] if judged else [])]
-        lines = [f"### {test_set}", "", *([_teacher_line(teacher), ""] if teacher else []),
+        note = (provenance or {}).get("note")
+        lines = [f"### {test_set}", "", *([f"**{note}**", ""] if note else []),
+                 *([_teacher_line(teacher), ""] if teacher else []),
                  "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
@@ -333,18 +335,25 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in)]
         notes = [f"- {name}: no distribution scores: {row['dist_note']}."
                  for name, row in rows.items() if row.get("dist_note")]
-        notes += [_dropped_note(name, row) for name, row in rows.items() if row.get("dropped")]
+        notes += _dropped_notes(rows)
         if notes:
             lines += ["", *notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
 
-def _dropped_note(name: str, row: Mapping) -> str:
-    """Which references were left out of a row because the model has no such class."""
-    counts = ", ".join(f"{label} ({n})" for label, n in row["dropped"].items())
-    return (f"- {name}: scored on the labels shared with the model ({', '.join(row['labels'])}); not scored, "
-            f"{sum(row['dropped'].values())} utterances of the labels it does not have: {counts}.")
+def _dropped_notes(rows: Mapping[str, Mapping]) -> list[str]:
+    """Which references were left out of rows because the model has no such class: one line per case."""
+    cases: dict[tuple, list[str]] = {}
+    for name, row in rows.items():
+        if row.get("dropped"):
+            cases.setdefault((tuple(row["labels"]), tuple(row["dropped"].items())), []).append(name)
+    notes = []
+    for (labels, dropped), names in cases.items():
+        counts = ", ".join(f"{label} ({n})" for label, n in dropped)
+        notes.append(f"- {', '.join(names)}: scored on the labels shared with the model ({', '.join(labels)}); "
+                     f"not scored, {sum(n for _, n in dropped)} utterances of the labels it does not have: {counts}.")
+    return notes
 
 
 def _teacher_line(teacher: Mapping) -> str:

@@ -77,14 +77,28 @@ def format_dist_line(dist: dict[str, float]) -> str:
 
 # --- requests -----------------------------------------------------------------------
 
-def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> None:
-    """Fail before asking anything when a table a requested type needs is missing."""
+# Tables a corpus may not have (a stage makes the others): a type that needs one is left out without it.
+CORPUS_OPTIONAL = ("utt2dist",)
+
+
+def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> list[str]:
+    """The requested types this data dir can have, before asking anything.  A table a type needs that a
+    stage makes (utt2attr: stage 2) is an error when missing; a type that needs soft labels
+    (ambiguity_cot) is left out of a corpus without them (MELD, ESD: one label per utterance), saying so:
+    a system that trains on it then finds no such targets in stage 6."""
+    usable = []
     for t in types:
         if t not in TARGET_TYPES:
             raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
         for table in ("text", "utt2emo", *TARGET_TYPES[t].tables):
-            if table not in data:
+            if table not in data and table not in CORPUS_OPTIONAL:
                 raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
+        missing = [table for table in TARGET_TYPES[t].tables if table not in data]
+        if missing:
+            log.warning("%s: no %s, so no %s targets", path, " or ".join(missing), t)
+        else:
+            usable.append(t)
+    return usable
 
 
 # Stage 2's level of an attribute it could not measure (local.data.attributes.UNKNOWN; not imported,
@@ -290,8 +304,7 @@ def make_targets(data_dir: Path | str, teacher: Teacher, types: Sequence[str],
     """Write ``targets.jsonl`` (and ``targets.rejected``) of one data dir; returns counts."""
     path = Path(data_dir)
     data = DataDir.load(path)
-    types = list(dict.fromkeys(types))
-    check_tables(data, path, types)
+    types = check_tables(data, path, list(dict.fromkeys(types)))
     requests, rejected = build_requests(data, types, default_lang)
     answers = teacher.generate(requests)
     if len(answers) != len(requests):

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from local.data.kaldi import DataDir, combine_data
@@ -47,7 +48,8 @@ def select(parts: Mapping[str, DataDir], selector: Any) -> tuple[str, DataDir]:
     key, speakers = next(iter(selector.items()))
     speakers = set(map(str, speakers))
     held = set(data["utt2spk"].values())
-    owner = {u: owner_of(u, held) for u in data.rejected}  # ids start with their speaker's
+    # ids start with their speaker's; a named speaker all of whose utterances were rejected still owns them
+    owner = {u: owner_of(u, held | speakers) for u in data.rejected}
     missing = sorted(speakers - held - set(owner.values()))
     if missing:
         raise ValueError(f"corpus.folds: part {name!r} has no speaker {missing}")
@@ -77,16 +79,29 @@ def fold_sets(parts: Mapping[str, DataDir], folds: Mapping, fold: Any) -> dict[s
     return sets
 
 
+def draw(data: DataDir, n: int, seed: int = 0) -> DataDir:
+    """At most ``n`` utterances of ``data``, a seeded draw (corpus.max_utts: the smoke recipe's few hundred);
+    its rejected list stays whole, so what the corpus lost is still reported.  The seed is fixed: every
+    system and fold of a recipe sees the same draw."""
+    if len(data) <= n:
+        return data
+    keep = np.random.default_rng(seed).choice(data.utts, size=n, replace=False).tolist()
+    log.info("corpus.max_utts=%d: %d of %d utterances drawn", n, n, len(data))
+    return data.subset(keep, keep_rejected=True)
+
+
 def prepare_recipe(cfg: DictConfig) -> dict[str, DataDir]:
     """Run the corpus' preparer and write the sets of ``corpus.fold`` under ``data_root``."""
     corpus = cfg.corpus
     module = importlib.import_module(f"local.data.corpora.{corpus.preparer}")
-    options = OmegaConf.to_container(corpus.get("preparer_args") or {}, resolve=True)
+    options = OmegaConf.to_container(corpus.preparer_args, resolve=True) if corpus.get("preparer_args") else {}
     if not corpus.get("db"):
         raise ValueError(f"corpus.db is empty: set {corpus.var} (db.sh) to where {corpus.name} is on this machine")
     parts = module.prepare(corpus.db, var=corpus.var, **options)
     folds = OmegaConf.to_container(corpus.folds, resolve=True)
     sets = fold_sets(parts, folds, corpus.fold)
+    if corpus.get("max_utts"):
+        sets = {name: draw(data, corpus.max_utts) for name, data in sets.items()}
     for name, data in sets.items():
         data.save(Path(cfg.data_root) / name)
         log.info("%s/%s: %d utterances, %d rejected (fold %s)", cfg.data_root, name, len(data), len(data.rejected),

@@ -1,0 +1,77 @@
+"""Every stage of a real-corpus recipe on a CPU (``--recipe smoke``): IEMOCAP's five folds with mean ± std, and
+a model of IEMOCAP's 4 classes tested on MELD's 7 (cross-corpus), on fake copies of both corpora.
+
+The smoke's numbers mean nothing (tiny models, a few steps); what is checked is that every stage runs on each
+fold's own sets, that stage 10's fold table averages exactly the folds' tables, and that a test set of another
+corpus is scored on the labels it shares with the model, naming the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import fake_meld
+from helpers.fake_iemocap import build, five_sessions
+
+from local.data.kaldi import DataDir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(recipe: str, tmp: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(ROOT / "egs" / recipe / "run.sh"), "--nj", "1", "--data_root", str(tmp / "data"),
+                          "--dump_root", str(tmp / "dump"), "--exp_root", str(tmp / "exp"), *args],
+                         env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture
+def iemocap(tmp_path):
+    return dict(os.environ, IEMOCAP=str(build(tmp_path / "db", five_sessions())))
+
+
+def test_the_smoke_runs_every_stage_of_all_five_iemocap_folds_and_reports_mean_and_std(iemocap, tmp_path):
+    out = run("iemocap", tmp_path, "--recipe", "smoke", "--baselines", "", "--folds", "all", env=iemocap)
+    assert "### test: mean ± std over folds 1, 2, 3, 4, 5" in out.stdout
+    assert "CPU smoke (--recipe smoke)" in out.stdout  # its numbers say what they are
+    tables = []
+    for k in range(1, 6):
+        test = DataDir.load(tmp_path / "data" / f"fold{k}" / "test")
+        assert {spk[:5] for spk in test["utt2spk"].values()} == {f"Ses0{k}"}  # leave session k out
+        tables.append(json.loads((tmp_path / "exp" / f"fold{k}" / "c2ser" / "results.json").read_text())["tables"])
+    folds = json.loads((tmp_path / "exp" / "c2ser" / "folds.json").read_text())
+    assert folds["folds"] == ["1", "2", "3", "4", "5"] and not folds["missing"]
+    for row in ("explicit", "implicit", "attributes"):
+        ua = [t["test"][row]["ua"] for t in tables]
+        entry = folds["tables"]["test"][row]
+        assert entry["ua"]["folds"] == ua
+        assert entry["ua"]["mean"] == pytest.approx(np.mean(ua)) and entry["ua"]["std"] == pytest.approx(np.std(ua, ddof=1))
+        assert entry["n"] == sum(t["test"][row]["n"] for t in tables)
+
+
+def test_a_model_of_iemocap_is_scored_on_meld_on_the_labels_they_share(iemocap, tmp_path):
+    meld = dict(os.environ, MELD=str(fake_meld.build(tmp_path / "meld_db")))
+    run("meld", tmp_path / "meld", "--stop_stage", "1", env=meld)
+    shutil.copytree(tmp_path / "meld" / "data" / "test", tmp_path / "data" / "meld_test")
+    out = run("iemocap", tmp_path, "--recipe", "smoke", "--baselines", "", "--test_sets", "test meld_test",
+              env=iemocap)
+    gold = DataDir.load(tmp_path / "data" / "meld_test")["utt2emo"]
+    outside = {label: sum(v == label for v in gold.values()) for label in set(gold.values())
+               if label not in ("anger", "happiness", "neutral", "sadness")}
+    assert outside  # the fake MELD has labels IEMOCAP's 4 classes lack, and keeps them in the test set
+    results = json.loads((tmp_path / "exp" / "c2ser" / "results.json").read_text())["tables"]
+    for row in ("explicit", "implicit", "attributes"):
+        entry = results["meld_test"][row]
+        assert entry["labels"] == ["anger", "happiness", "neutral", "sadness"]
+        assert entry["dropped"] == dict(sorted(outside.items()))
+        assert entry["n"] + sum(outside.values()) == len(gold)
+    counts = ", ".join(f"{label} ({n})" for label, n in sorted(outside.items()))
+    assert (f"- explicit, implicit, attributes: scored on the labels shared with the model (anger, happiness, "
+            f"neutral, sadness); not scored, {sum(outside.values())} utterances of the labels it does not have: "
+            f"{counts}.") in out.stdout
