@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from local.eval.report import published_lines
 from local.utils.atomic import write_text_atomic
 
 METRICS = (("ua", "UA", 100), ("wa", "WA", 100), ("f1", "F1", 100),
@@ -65,7 +66,8 @@ def aggregate(tables: list[dict]) -> dict:
     return {"tables": out, "missing": missing}
 
 
-def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[str]) -> str:
+def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[str],
+             published: dict | None = None) -> str:
     parts = []
     for name, rows in result["tables"].items():
         keys = [(k, title, scale) for k, title, scale in METRICS if any(k in r for r in rows.values())]
@@ -84,8 +86,9 @@ def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[
             cells += [" / ".join(f"{100 * v:.1f}" for v in ua["folds"]) if ua else "–",
                       str(entry["n"]), str(entry["rejected"])]
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", "Columns as in each fold's results.md; ± is the sample standard deviation over folds; n and "
-                      "rejected are totals over folds."]
+        ref_lines, ref_notes = published_lines(header, (published or {}).get(name) or [])
+        lines += [*ref_lines, "", "Columns as in each fold's results.md; ± is the sample standard deviation over "
+                                  "folds; n and rejected are totals over folds.", *ref_notes]
         for row, entry in rows.items():
             if entry.get("dropped"):
                 counts = ", ".join(f"{k} ({v})" for k, v in sorted(entry["dropped"].items()))
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     teachers = [t.get("teacher") or {} for d in documents
                 for t in ((d.get("provenance") or {}).get("tables") or {}).values()]
     notes = list(dict.fromkeys(d["provenance"]["note"] for d in documents if (d.get("provenance") or {}).get("note")))
-    md = markdown(result, folds, any(t.get("backend") == "offline" for t in teachers), notes)
+    md = markdown(result, folds, any(t.get("backend") == "offline" for t in teachers), notes,
+                  documents[0].get("published"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "folds.json", json.dumps({"folds": folds, "results": [str(p) for p in args.results],

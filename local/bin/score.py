@@ -219,7 +219,10 @@ def score(cfg: DictConfig, record: dict) -> str:
         for backend in (teacher, judge):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
-    markdown = write_results(opts.exp_dir, results, confusions, provenance(cfg, record, rows, judge))
+    mine = (cfg.corpus.get("published") or {}).get(cfg.system)
+    published = OmegaConf.to_container(mine, resolve=True) if mine else {}
+    markdown = write_results(opts.exp_dir, results, confusions, provenance(cfg, record, rows, judge),
+                             {name: refs for name, refs in published.items() if name in results})
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")
     return markdown

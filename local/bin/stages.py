@@ -151,7 +151,8 @@ def _score_inputs(cfg: DictConfig) -> dict[str, str]:
 
 
 def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
-    keys = ("score", "seed", "baselines", "corpus.labels")  # the labels: of rows with no model (attributes)
+    # corpus.labels: of rows with no model (attributes); corpus.published: the papers' rows beside ours
+    keys = ("score", "seed", "baselines", "system", "corpus.labels", "corpus.published")
     if cfg.score.get("judge_rubrics"):
         keys += ("judge",)
     if cfg.score.extract == "llm" and cfg.score.get("extract_teacher") is None:

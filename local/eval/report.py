@@ -288,17 +288,41 @@ def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list
     return "Columns: " + "; ".join(parts) + "."
 
 
-def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: Mapping | None = None) -> str:
+# Columns a published row can fill: its metric key -> the column's header.
+PUBLISHED_COLUMNS = {"ua": "UA", "wa": "WA", "f1": "F1", "js": "JS (bits)", "bc": "BC", "brier": "Brier",
+                     "ece": "ECE", "acc": "acc dist %"}
+
+
+def published_lines(header: Sequence[str], published: Sequence[Mapping]) -> tuple[list[str], list[str]]:
+    """(table lines, notes) of the papers' own numbers beside ours: each cell as the paper printed it, the row
+    named ``<row> [published]``, its source and setup in a note under the table (their split, not ours)."""
+    columns = {title: key for key, title in PUBLISHED_COLUMNS.items()}
+    lines, notes = [], []
+    for ref in published:
+        cells = [f"{ref['row']} [published]"] + [
+            str(ref[columns[h]]) if h in columns and ref.get(columns[h]) is not None else "–" for h in header[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+        shown = [PUBLISHED_COLUMNS[k] for k in PUBLISHED_COLUMNS if ref.get(k) is not None and PUBLISHED_COLUMNS[k]
+                 in header]
+        notes.append(f"- {ref['row']} [published]: {ref['source']}" + (f"; {ref['note']}" if ref.get("note") else "")
+                     + (f" ({', '.join(shown)} as printed there)" if shown else ""))
+    return lines, notes
+
+
+def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: Mapping | None = None,
+                     published: Mapping[str, Sequence[Mapping]] | None = None) -> str:
     """One table per test set: UA / WA / F1, UA of each subset, invalid %, words, sec/utt, n, rejected; when a
     row has them, well-formed %, the attribute words' accuracy, JS (bits) / BC / Brier / ECE / arg-max
     accuracy % of the read-out distributions, and the judge's mean scores; under it, what the columns are
     and why a row has no distribution scores.  Above it, where the models' training targets came from
-    (``provenance``): a stand-in teacher's targets make every row a stand-in's result."""
+    (``provenance``): a stand-in teacher's targets make every row a stand-in's result.  ``published``
+    ({set: [row]}) adds the papers' numbers as rows marked [published], with their sources."""
     parts = []
     for test_set, rows in results.items():
         teacher = (((provenance or {}).get("tables") or {}).get(test_set) or {}).get("teacher")
+        refs = list((published or {}).get(test_set) or [])
         subsets = sorted({s for row in rows.values() for s in row["subsets"]})
-        dist = any("js" in row for row in rows.values())
+        dist = any("js" in row for row in [*rows.values(), *refs])
         formatted = any("well_formed" in row for row in rows.values())
         attr = any("attr_words" in row for row in rows.values())
         judged = _judge_columns(rows)
@@ -331,10 +355,12 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
             if judged:
                 cells.append(str(row.get("not_judged", "–")))
             lines.append("| " + " | ".join(cells) + " |")
+        ref_lines, notes = published_lines(header, refs)
+        lines += ref_lines
         stand_in = any(row.get("judge", {}).get("backend") == "offline" for row in rows.values())
         lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in)]
-        notes = [f"- {name}: no distribution scores: {row['dist_note']}."
-                 for name, row in rows.items() if row.get("dist_note")]
+        notes += [f"- {name}: no distribution scores: {row['dist_note']}."
+                  for name, row in rows.items() if row.get("dist_note")]
         notes += _dropped_notes(rows)
         if notes:
             lines += ["", *notes]
@@ -399,14 +425,15 @@ def judge_row(scores: Sequence[Mapping[str, float] | None], backend: str | None 
 
 
 def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mapping]],
-                  confusions: Mapping[tuple[str, str], np.ndarray], provenance: Mapping | None = None) -> str:
+                  confusions: Mapping[tuple[str, str], np.ndarray], provenance: Mapping | None = None,
+                  published: Mapping[str, Sequence[Mapping]] | None = None) -> str:
     """Write results.json ({"provenance", "tables"}), results.md and confusion_<set>_<row>.png (each
     atomically); return the markdown.  Plots of tables or rows no longer in ``results`` are removed, so a
     directory never shows a confusion matrix of an earlier run beside this one's table."""
     out_dir = Path(out_dir)
-    document = {"provenance": dict(provenance or {}), "tables": results}
+    document = {"provenance": dict(provenance or {}), "tables": results, "published": dict(published or {})}
     write_text_atomic(out_dir / "results.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    markdown = results_markdown(results, provenance)
+    markdown = results_markdown(results, provenance, published)
     write_text_atomic(out_dir / "results.md", markdown)
     wanted = {f"confusion_{test_set}_{row}.png" for test_set, row in confusions}
     for old in out_dir.glob("confusion_*.png"):

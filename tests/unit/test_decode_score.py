@@ -683,3 +683,21 @@ def test_a_test_set_of_another_corpus_is_scored_on_the_shared_labels(tmp_path, c
     assert row["js"] == pytest.approx(want["js"])
     assert ("implicit: scored on the labels shared with the model (anger, sadness); not scored, 2 utterances of "
             "the labels it does not have: happiness (2).") in capsys.readouterr().out
+
+
+def test_the_papers_numbers_are_printed_beside_ours_as_published_rows(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    write_hand_decode(exp / "decode_t1_implicit", [h for *_, h in HAND], 0.01)
+    cfg = compose([f"data_root={tmp_path / 'data'}", "test_sets=[t1]", f"score.exp_dir={exp}", "score.attributes=false",
+                   "decode.modes=[implicit]", "score.baselines={}", "system=c2ser"])
+    cfg.corpus.published = {"c2ser": {"t1": [{"row": "C²SER", "source": "c2ser.txt Table IV", "ua": 60.12,
+                                              "wa": 61.0, "note": "the paper's Session 5 split"}],
+                                      "t9": [{"row": "other set", "source": "x", "ua": 1.0}]},
+                            "ambiguity": {"t1": [{"row": "GRPOz", "source": "y", "js": 0.1}]}}
+    score_main(cfg)
+    md = (exp / "results.md").read_text()
+    assert "| C²SER [published] | 60.12 | 61.0 | – | – |" in md
+    assert "- C²SER [published]: c2ser.txt Table IV; the paper's Session 5 split (UA, WA as printed there)" in md
+    assert "other set" not in md and "GRPOz" not in md  # another set's, another system's
+    document = json.loads((exp / "results.json").read_text())
+    assert list(document["published"]) == ["t1"] and document["published"]["t1"][0]["ua"] == 60.12
