@@ -537,7 +537,8 @@ def add_attributes(data_root: Path | str, train_set: str, other_sets: Iterable[s
 def _measure_set(path: Path, settings: AttributeSettings, counter: PhoneCounter, default_lang: str,
                  nj: int, keep_unmeasurable: bool) -> tuple[DataDir, dict[str, dict[str, float]], int]:
     """(data dir, raw values, number of utterances this stage rejected)."""
-    data = validate_data_dir(path, check_audio=False)
+    # labels=None: stage 1 checked them against the recipe's set (a test set keeps names outside it)
+    data = validate_data_dir(path, labels=None, check_audio=False)
     if "text" not in data:
         raise DataDirError(path / "text", None, "is missing: the speaking rate needs transcripts")
     before = len(data.rejected)

@@ -1,36 +1,17 @@
 """The CREMA-D preparer on a small fake copy of the repository, with its vote table."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from helpers.fake_crema_d import build
 
-from local.data.audio import write_wav
 from local.data.corpora.crema_d import prepare
 from local.data.corpora.files import CorpusError
 from local.data.kaldi import parse_dist
 
-HEADER = '"","A","D","F","H","N","S","fileName","numResponses","agreement","emoVote"'
-# (row name, A D F H N S, file): 1xxxxx voice only, 2xxxxx face only, 3xxxxx both
-VOTES = [
-    ("100001", (6, 1, 0, 0, 1, 0), "1001_DFA_ANG_XX"), ("200001", (9, 0, 0, 0, 0, 0), "1001_DFA_ANG_XX"),
-    ("300001", (8, 0, 0, 0, 1, 0), "1001_DFA_ANG_XX"),
-    ("100002", (0, 0, 0, 3, 6, 0), "1001_IEO_HAP_LO"), ("200002", (0, 0, 0, 9, 0, 0), "1001_IEO_HAP_LO"),
-    ("100003", (0, 0, 0, 0, 4, 4), "1002_WSI_SAD_XX"),  # a tie: N:S
-    ("100004", (0, 0, 0, 0, 5, 5), "1076_MTI_SAD_XX"),
-]
-
 
 @pytest.fixture
 def root(tmp_path):
-    base = tmp_path / "CREMA-D"
-    (base / "AudioWAV").mkdir(parents=True)
-    for *_, name in VOTES:
-        write_wav(base / "AudioWAV" / f"{name}.wav", np.zeros(1600, np.float32))
-    (base / "AudioWAV" / "._1001_DFA_ANG_XX.wav").write_bytes(b"junk")
-    (base / "processedResults").mkdir()
-    lines = [HEADER] + [f'"{row}",{",".join(map(str, c))},"{name}",{sum(c)},0.5,"N"' for row, c, name in VOTES]
-    (base / "processedResults" / "tabulatedVotes.csv").write_text("\n".join(lines) + "\n")
-    return base
+    return build(tmp_path)
 
 
 def test_fields_and_soft_labels_from_the_voice_only_votes(root):

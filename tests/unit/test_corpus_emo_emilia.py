@@ -1,31 +1,16 @@
 """The Emo-Emilia preparer on a small fake copy of the C2SER repository's Emo-Emilia/ folder."""
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
+from helpers.fake_emo_emilia import build
 
-from local.data.audio import write_wav
 from local.data.corpora.emo_emilia import prepare
 from local.data.corpora.files import CorpusError
-
-ITEMS = [("ZH_B00090_S00350_W000000", "angry", "那就没什么好说的了。"),
-         ("EN_B00012_S04567_W000003", "surprised", " Wait, you did what?"),
-         ("EN_B00012_S04567_W000004", "disgusted", "That is gross.")]
 
 
 @pytest.fixture
 def root(tmp_path):
-    repo = tmp_path / "C2SER"
-    (repo / "Emo-Emilia" / "wav").mkdir(parents=True)
-    lines = []
-    for index, emotion, text in ITEMS:
-        write_wav(repo / "Emo-Emilia" / "wav" / f"{index}.wav", np.zeros(1600, np.float32))
-        lines.append(json.dumps({"index": index, "emotion": emotion, "wav": f"./Emo-Emilia/wav/{index}.wav",
-                                 "text": text}, ensure_ascii=False))
-    (repo / "Emo-Emilia" / "Emo-Emilia-ALL.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return repo
+    return build(tmp_path)
 
 
 def test_ids_speakers_languages_labels_and_text(root):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.fake_emodb import build
 
 from local.data.audio import write_wav
 from local.data.corpora.emodb import prepare
@@ -11,13 +12,7 @@ from local.data.corpora.files import CorpusError
 
 @pytest.fixture
 def root(tmp_path):
-    wav = tmp_path / "emodb" / "wav"
-    wav.mkdir(parents=True)
-    for name in ("03a01Fa", "08b01Lb", "16a01Ec"):
-        write_wav(wav / f"{name}.wav", np.zeros(1600, np.float32))
-    (wav / "._03a01Fa.wav").write_bytes(b"junk")
-    (tmp_path / "emodb" / "erkennung.txt").write_bytes("Satz erkannt\n03a01Fa.wav 90,0\n".encode("latin-1"))
-    return tmp_path / "emodb"
+    return build(tmp_path)
 
 
 def test_fields_from_the_file_names(root):

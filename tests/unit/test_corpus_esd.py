@@ -2,44 +2,16 @@
 an English one in the flat layout (UTF-16 transcript, one line with spaces for tabs)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from helpers.fake_esd import build
 
-from local.data.audio import write_wav
 from local.data.corpora.esd import prepare
 from local.data.corpora.files import CorpusError
-
-ZH = {1: ("打开窗户。", "中立"), 21: ("今天天气很好。", "中立"), 51: ("我们走吧。", "中立"), 351: ("别说了。", "生气")}
-EN = {1: ("The nine the eggs.", "Neutral"), 21: ("I know you do.", "Neutral"), 1451: ("Really, now?", "Surprise")}
-
-
-def emotion_folder(index: int) -> str:
-    return ("Neutral", "Angry", "Happy", "Sad", "Surprise")[(index - 1) // 350]
-
-
-def split_folder(index: int) -> str:
-    offset = (index - 1) % 350 + 1
-    return "evaluation" if offset <= 20 else "test" if offset <= 50 else "train"
 
 
 @pytest.fixture
 def root(tmp_path):
-    base = tmp_path / "Emotion Speech Dataset"
-    for i, (text, emo) in ZH.items():  # release layout: <Emotion>/<split>/
-        folder = base / "0001" / emotion_folder(i) / split_folder(i)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_wav(folder / f"0001_{i:06d}.wav", np.zeros(1600, np.float32))
-    (base / "0001" / "0001.txt").write_bytes(
-        "".join(f"0001_{i:06d}\t{t}\t{e}\n" for i, (t, e) in ZH.items()).encode("gb2312"))
-    for i in EN:  # flat layout: <Emotion>/
-        folder = base / "0012" / emotion_folder(i)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_wav(folder / f"0012_{i:06d}.wav", np.zeros(1600, np.float32))
-    lines = [f"0012_{i:06d}\t{t}\t{e}" for i, (t, e) in EN.items()]
-    lines[1] = lines[1].replace("\t", " ")
-    (base / "0012" / "0012.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-16"))
-    (base / "0012" / "Neutral" / "._0012_000001.wav").write_bytes(b"junk")
-    return tmp_path
+    return build(tmp_path)
 
 
 def test_splits_labels_transcripts_in_both_layouts_and_encodings(root):

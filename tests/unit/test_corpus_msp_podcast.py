@@ -2,47 +2,16 @@
 Validation, the misspelt labels_concensus)."""
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
+from helpers.fake_msp_podcast import build, build_old
 
-from local.data.audio import write_wav
 from local.data.corpora.msp_podcast import prepare
 from local.data.kaldi import parse_dist
-
-ROWS = [  # FileName, EmoClass, SpkrID, Split_Set
-    ("MSP-PODCAST_0001_0008.wav", "N", "127", "Train"), ("MSP-PODCAST_0001_0009.wav", "A", "127", "Train"),
-    ("MSP-PODCAST_0002_0033.wav", "X", "Unknown", "Development"), ("MSP-PODCAST_0003_0001.wav", "C", "45", "Test1"),
-    ("MSP-PODCAST_0004_0001.wav", "O", "46", "Test2"), ("MSP-PODCAST_test3_0001.wav", "", "Unknown", "Test3"),
-]
-WORKERS = {  # file -> primary classes of its annotators
-    "MSP-PODCAST_0001_0008.wav": ["Neutral", "Neutral", "Sad"], "MSP-PODCAST_0001_0009.wav": ["Angry", "Angry"],
-    "MSP-PODCAST_0002_0033.wav": ["Happy", "Other-confused", "Neutral", "Contempt"],
-    "MSP-PODCAST_0003_0001.wav": ["Contempt", "Disgust"], "MSP-PODCAST_0004_0001.wav": ["Other-bored"],
-}
-
-
-def audio_and_transcripts(base, audio="Audios"):
-    (base / audio).mkdir(parents=True)
-    (base / "Transcripts").mkdir()
-    for name, *_ in ROWS:
-        write_wav(base / audio / name, np.zeros(1600, np.float32))
-        (base / "Transcripts" / name.replace(".wav", ".txt")).write_text(f"words of {name[:-4]}\n")
 
 
 @pytest.fixture
 def release(tmp_path):
-    base = tmp_path / "MSP-PODCAST-1.12"
-    audio_and_transcripts(base)
-    (base / "Labels").mkdir()
-    lines = ["FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"]
-    lines += [f"{f},{c},2.2,4.0,2.6,{s},Female,{p}" for f, c, s, p in ROWS]
-    (base / "Labels" / "labels_consensus.csv").write_bytes("\r\n".join(lines).encode() + b"\r\n")
-    detail = ["FileName,EmoDetail"] + [f'{f},"WORKER{i:08d}; {m}; Concerned,Amused; A:2.0; V:4.0; D:3.0;"'
-                                       for f, majors in WORKERS.items() for i, m in enumerate(majors)]
-    (base / "Labels" / "labels_detailed.csv").write_text("\n".join(detail) + "\n")
-    return base
+    return build(tmp_path)
 
 
 def test_splits_speakers_labels_and_soft_labels(release):
@@ -75,15 +44,7 @@ def test_a_missing_wav_and_a_corrupted_detail_row_are_rejected_and_nothing_else_
 
 
 def test_an_older_release_json_audio_and_validation(tmp_path):
-    base = tmp_path / "old"
-    audio_and_transcripts(base, audio="Audio")
-    (base / "label").mkdir()
-    consensus = {f: {"EmoClass": c, "EmoAct": 2.2, "EmoVal": 4.0, "EmoDom": 2.6, "SpkrID": s, "Gender": "Male",
-                     "Split_Set": "Validation" if p == "Development" else p} for f, c, s, p in ROWS[:3]}
-    (base / "label" / "labels_concensus.json").write_text(json.dumps(consensus))
-    detail = {f: {f"W{i}": {"EmoClass_Major": m, "EmoAct": 2.0} for i, m in enumerate(WORKERS[f])}
-              for f in consensus}
-    (base / "label" / "labels_detailed.json").write_text(json.dumps(detail))
+    base = build_old(tmp_path)
     sets = prepare(base)
     assert sorted(sets) == ["development", "train"]
     assert parse_dist(sets["train"]["utt2dist"]["spk127-MSP-PODCAST_0001_0009"]) == {"angry": 1.0}

@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.fake_ravdess import build
 
 from local.data.audio import write_wav
 from local.data.corpora.files import CorpusError
 from local.data.corpora.ravdess import prepare
 
-FILES = ["Actor_01/03-01-01-01-01-01-01", "Actor_01/03-01-02-02-02-01-01", "Actor_02/03-01-08-01-01-02-02",
-         "Actor_02/03-02-03-01-01-01-02"]  # the last is a song
-
 
 @pytest.fixture
 def root(tmp_path):
-    base = tmp_path / "downloads" / "ravdess" / "audio" / "Audio_Speech_Actors_01-24"
-    for name in FILES:
-        (base / name).parent.mkdir(parents=True, exist_ok=True)
-        write_wav(base / f"{name}.wav", np.zeros(4800, np.float32), 48000)
-    (base / "Actor_01" / "._03-01-01-01-01-01-01.wav").write_bytes(b"junk")
-    return tmp_path / "downloads"
+    return build(tmp_path)
 
 
 def test_fields_from_the_file_names(root):
