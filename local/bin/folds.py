@@ -70,7 +70,8 @@ def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[
              published: dict | None = None) -> str:
     parts = []
     for name, rows in result["tables"].items():
-        keys = [(k, title, scale) for k, title, scale in METRICS if any(k in r for r in rows.values())]
+        refs = (published or {}).get(name) or []
+        keys = [(k, title, scale) for k, title, scale in METRICS if any(k in r for r in [*rows.values(), *refs])]
         header = ["system", *(title for _, title, _ in keys), "UA per fold", "n", "rejected"]
         lines = [f"### {name}: mean ± std over folds {', '.join(folds)}", "", *(f"**{n}**\n" for n in notes)]
         if teacher_offline:
@@ -86,7 +87,7 @@ def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[
             cells += [" / ".join(f"{100 * v:.1f}" for v in ua["folds"]) if ua else "–",
                       str(entry["n"]), str(entry["rejected"])]
             lines.append("| " + " | ".join(cells) + " |")
-        ref_lines, ref_notes = published_lines(header, (published or {}).get(name) or [])
+        ref_lines, ref_notes = published_lines(header, refs)
         lines += [*ref_lines, "", "Columns as in each fold's results.md; ± is the sample standard deviation over "
                                   "folds; n and rejected are totals over folds.", *ref_notes]
         for row, entry in rows.items():

@@ -295,17 +295,17 @@ PUBLISHED_COLUMNS = {"ua": "UA", "wa": "WA", "f1": "F1", "js": "JS (bits)", "bc"
 
 def published_lines(header: Sequence[str], published: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     """(table lines, notes) of the papers' own numbers beside ours: each cell as the paper printed it, the row
-    named ``<row> [published]``, its source and setup in a note under the table (their split, not ours)."""
+    named ``<row> [published]``; under the table, one note per source saying where and on what (their split
+    and setup, not ours)."""
     columns = {title: key for key, title in PUBLISHED_COLUMNS.items()}
-    lines, notes = [], []
+    lines, sources = [], {}
     for ref in published:
         cells = [f"{ref['row']} [published]"] + [
             str(ref[columns[h]]) if h in columns and ref.get(columns[h]) is not None else "–" for h in header[1:]]
         lines.append("| " + " | ".join(cells) + " |")
-        shown = [PUBLISHED_COLUMNS[k] for k in PUBLISHED_COLUMNS if ref.get(k) is not None and PUBLISHED_COLUMNS[k]
-                 in header]
-        notes.append(f"- {ref['row']} [published]: {ref['source']}" + (f"; {ref['note']}" if ref.get("note") else "")
-                     + (f" ({', '.join(shown)} as printed there)" if shown else ""))
+        sources.setdefault((ref["source"], ref.get("note")), []).append(ref["row"])
+    notes = [f"- [published] {', '.join(rows)}: {source}" + (f"; {note}" if note else "") + "; as printed there."
+             for (source, note), rows in sources.items()]
     return lines, notes
 
 

@@ -697,7 +697,7 @@ def test_the_papers_numbers_are_printed_beside_ours_as_published_rows(tmp_path):
     score_main(cfg)
     md = (exp / "results.md").read_text()
     assert "| C²SER [published] | 60.12 | 61.0 | – | – |" in md
-    assert "- C²SER [published]: c2ser.txt Table IV; the paper's Session 5 split (UA, WA as printed there)" in md
+    assert "- [published] C²SER: c2ser.txt Table IV; the paper's Session 5 split; as printed there." in md
     assert "other set" not in md and "GRPOz" not in md  # another set's, another system's
     document = json.loads((exp / "results.json").read_text())
     assert list(document["published"]) == ["t1"] and document["published"]["t1"][0]["ua"] == 60.12
