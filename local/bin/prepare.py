@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from local.bin.stages import stage_run
-from local.data.corpora.sets import prepare_recipe
+from local.data.corpora.sets import prepare_extra_test_sets, prepare_recipe
 from local.utils.hydra import entry_point
 
 
@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
     prepare = prepare_recipe if cfg.corpus.get("preparer") else recipe_prepare()
     with stage_run(cfg, "prepare") as stage:
         prepare(stage.cfg)
+        prepare_extra_test_sets(stage.cfg)  # parts of other corpora, for cross-corpus test sets
 
 
 if __name__ == "__main__":

@@ -90,10 +90,12 @@ def _corpus_files(cfg: DictConfig) -> dict[str, str]:
 
 
 def _preparer(cfg: DictConfig) -> dict[str, str]:
-    """The source of the corpus' preparer module, where the corpus config names one: editing it re-runs stage 0."""
-    name = cfg.corpus.get("preparer")
-    spec = importlib.util.find_spec(f"local.data.corpora.{name}") if name else None
-    return {"preparer": spec.origin} if spec else {}
+    """The source of the preparer modules the corpus config names (its own, those of corpus.extra_test_sets):
+    editing one re-runs stage 0."""
+    names = {"preparer": cfg.corpus.get("preparer")}
+    names.update({f"preparer/{k}": v.get("preparer") for k, v in (cfg.corpus.get("extra_test_sets") or {}).items()})
+    specs = {key: importlib.util.find_spec(f"local.data.corpora.{name}") for key, name in names.items() if name}
+    return {key: spec.origin for key, spec in specs.items() if spec}
 
 
 def _training_data(cfg: DictConfig) -> dict[str, str]:

@@ -82,3 +82,20 @@ def test_run_sh_takes_the_fake_iemocap_through_stage_3(recipe, tmp_path):
     assert "unknown label" not in out.stdout + out.stderr  # stage 0 writes IEMOCAP's own codes: no false alarm
     assert "| test | 2 | 0 |" in out.stdout  # Session 5's two utterances, none lost
     assert (tmp_path / "data" / "train" / "targets.jsonl").is_file()
+
+
+def test_another_corpus_as_an_extra_test_set(recipe, tmp_path):
+    """Cross-corpus through stage 0: a part of another corpus, its root from its db.sh variable."""
+    path, env = recipe
+    spec = "{preparer: iemocap, var: OTHER_IEMOCAP, part: session2}"
+    out = run(path, "local.bin.prepare", "corpus=iemocap", f"+corpus.extra_test_sets.other={spec}",
+              env={**env, "OTHER_IEMOCAP": env["IEMOCAP"]})
+    assert out.returncode == 0, out.stderr[-3000:]
+    other = DataDir.load(path / "data" / "other")
+    assert {s[:5] for s in other["utt2spk"].values()} == {"Ses02"}
+    out = run(path, "local.bin.prepare", "corpus=iemocap", f"+corpus.extra_test_sets.other={spec}", env=env)
+    assert out.returncode != 0 and "corpus.extra_test_sets.other: $OTHER_IEMOCAP is empty: set OTHER_IEMOCAP" in out.stderr
+    bad = spec.replace("session2", "session9")
+    out = run(path, "local.bin.prepare", "corpus=iemocap", f"+corpus.extra_test_sets.other={bad}",
+              env={**env, "OTHER_IEMOCAP": env["IEMOCAP"]})
+    assert out.returncode != 0 and "iemocap has no part 'session9'" in out.stderr

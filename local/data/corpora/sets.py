@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -90,14 +91,44 @@ def draw(data: DataDir, n: int, seed: int = 0) -> DataDir:
     return data.subset(keep, keep_rejected=True)
 
 
+def run_preparer(spec: Mapping, db: str | None, what: str) -> dict[str, DataDir]:
+    """The parts ``local.data.corpora.<spec.preparer>`` makes of the corpus at ``db``; ``what`` names the
+    config entry in the error that an empty ``db`` gets."""
+    if not db:
+        raise ValueError(f"{what} is empty: set {spec['var']} (db.sh) to where that corpus is on this machine")
+    module = importlib.import_module(f"local.data.corpora.{spec['preparer']}")
+    options = spec.get("preparer_args") or {}
+    return module.prepare(db, var=spec["var"], **options)
+
+
+def prepare_extra_test_sets(cfg: DictConfig) -> dict[str, DataDir]:
+    """Write ``corpus.extra_test_sets`` under ``data_root``: each ``{name: {preparer, var, part[,
+    preparer_args]}}`` is a part of another corpus (its root from the environment variable ``var``, as
+    db.sh sets it), which the recipe lists in ``--test_sets`` to score its models across corpora: stage 1
+    maps its labels, and stage 10 scores the labels it shares with the model."""
+    sets = {}
+    extra = cfg.corpus.get("extra_test_sets")
+    for name, spec in (OmegaConf.to_container(extra, resolve=True) if extra else {}).items():
+        missing = [k for k in ("preparer", "var", "part") if not spec.get(k)]
+        if missing:
+            raise ValueError(f"corpus.extra_test_sets.{name}: needs {', '.join(missing)}")
+        parts = run_preparer(spec, os.environ.get(spec["var"]), f"corpus.extra_test_sets.{name}: ${spec['var']}")
+        if spec["part"] not in parts:
+            raise ValueError(f"corpus.extra_test_sets.{name}: {spec['preparer']} has no part {spec['part']!r} "
+                             f"(it gives {sorted(parts)})")
+        sets[name] = parts[spec["part"]]
+        sets[name].save(Path(cfg.data_root) / name)
+        log.info("%s/%s: %s's %s, %d utterances, %d rejected", cfg.data_root, name, spec["preparer"], spec["part"],
+                 len(sets[name]), len(sets[name].rejected))
+    return sets
+
+
 def prepare_recipe(cfg: DictConfig) -> dict[str, DataDir]:
     """Run the corpus' preparer and write the sets of ``corpus.fold`` under ``data_root``."""
     corpus = cfg.corpus
-    module = importlib.import_module(f"local.data.corpora.{corpus.preparer}")
-    options = OmegaConf.to_container(corpus.preparer_args, resolve=True) if corpus.get("preparer_args") else {}
-    if not corpus.get("db"):
-        raise ValueError(f"corpus.db is empty: set {corpus.var} (db.sh) to where {corpus.name} is on this machine")
-    parts = module.prepare(corpus.db, var=corpus.var, **options)
+    args = OmegaConf.to_container(corpus.preparer_args, resolve=True) if corpus.get("preparer_args") else {}
+    parts = run_preparer({"preparer": corpus.preparer, "var": corpus.var, "preparer_args": args}, corpus.get("db"),
+                         "corpus.db")
     folds = OmegaConf.to_container(corpus.folds, resolve=True)
     sets = fold_sets(parts, folds, corpus.fold)
     if corpus.get("max_utts"):
