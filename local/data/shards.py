@@ -32,7 +32,6 @@ mtime, so the same inputs give byte-identical shards whatever ``nj`` is.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import logging

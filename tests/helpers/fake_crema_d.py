@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 HEADER = '"","A","D","F","H","N","S","fileName","numResponses","agreement","emoVote"'
 # (row name, A D F H N S, file): 1xxxxx voice only, 2xxxxx face only, 3xxxxx both
@@ -21,12 +19,6 @@ VOTES = [
     ("100003", (0, 0, 0, 0, 4, 4), "1002_WSI_SAD_XX"),  # a tie: N:S
     ("100004", (0, 0, 0, 0, 5, 5), "1076_MTI_SAD_XX"),
 ]
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def build(root: Path, votes=VOTES, seconds: float = 0.1) -> Path:

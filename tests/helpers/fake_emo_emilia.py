@@ -8,19 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 ITEMS = [("ZH_B00090_S00350_W000000", "angry", "那就没什么好说的了。"),
          ("EN_B00012_S04567_W000003", "surprised", " Wait, you did what?"),
          ("EN_B00012_S04567_W000004", "disgusted", "That is gross.")]
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def build(root: Path, items=ITEMS, seconds: float = 0.1) -> Path:

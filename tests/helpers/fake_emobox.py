@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 RAVDESS = [("ravdess-03-01-01-01-01-01-01", "Neutral", "Actor_01/03-01-01-01-01-01-01", "01"),
            ("ravdess-03-01-06-01-01-01-01", "Fearful", "Actor_01/03-01-06-01-01-01-01", "01"),
@@ -21,12 +19,6 @@ RAVDESS_RECORDS = [(key, emo, f"downloads/ravdess/audio/Audio_Speech_Actors_01-2
                    for key, emo, wav, spk in RAVDESS]
 RAVDESS_FOLDS = {1: {"train": [r[0] for r in RAVDESS[:2]], "test": [RAVDESS[2][0]]}}
 RAVDESS_LABEL_MAP = {"Neutral": "Neutral", "Calm": "Calm", "Fearful": "Fear"}
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def record(dataset: str, key: str, emo: str, wav: str, sr: int, seconds: float) -> str:

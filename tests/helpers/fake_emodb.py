@@ -7,17 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 NAMES = ("03a01Fa", "08b01Lb", "16a01Ec")
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def build(root: Path, names=NAMES, seconds: float = 0.1) -> Path:

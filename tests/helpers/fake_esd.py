@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 ZH = {1: ("打开窗户。", "中立"), 21: ("今天天气很好。", "中立"), 51: ("我们走吧。", "中立"), 351: ("别说了。", "生气")}
 EN = {1: ("The nine the eggs.", "Neutral"), 21: ("I know you do.", "Neutral"), 1451: ("Really, now?", "Surprise")}
@@ -25,12 +23,6 @@ def emotion_folder(index: int) -> str:
 def split_folder(index: int) -> str:
     offset = (index - 1) % 350 + 1
     return "evaluation" if offset <= 20 else "test" if offset <= 50 else "train"
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def write_speaker(base: Path, speaker: str, lines: dict, *, layout: str, encoding: str, newline: str = "\n",

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from local.data.audio import write_wav
+from helpers.tones import tone
 
 ROWS = [  # FileName, EmoClass, SpkrID, Split_Set
     ("MSP-PODCAST_0001_0008.wav", "N", "127", "Train"), ("MSP-PODCAST_0001_0009.wav", "A", "127", "Train"),
@@ -27,12 +25,6 @@ WORKERS = {  # file -> primary classes of its annotators
 
 def transcript(name: str) -> str:
     return f"words of {name[:-4]}"
-
-
-def tone(path: Path, k: int, seconds: float, sr: int = 16000) -> None:
-    """A sine of ``seconds``: a pitch stage 2 can measure, ``k`` varies it."""
-    t = np.arange(int(seconds * sr)) / sr
-    write_wav(path, (0.3 * np.sin(2 * np.pi * (110 + 17 * (k % 20)) * t)).astype(np.float32), sr)
 
 
 def audio_and_transcripts(base: Path, rows=ROWS, audio: str = "Audios", seconds: float = 0.1) -> None:
