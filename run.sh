@@ -73,12 +73,19 @@ rl_args=""
 decode_args=""
 score_args=""
 
+# The help lists every option declared above, with its default and its comment: it cannot fall behind.
+option_help=$(sed -n '/^# Options/,/^# The help lists/p' "${BASH_SOURCE[0]}" | grep -E '^[a-z0-9_]+=' |
+  while IFS= read -r line; do
+    name=${line%%=*}
+    comment=$(echo "${line}" | sed -n 's/^[^#]*# *//p')
+    printf '  --%-16s [%s] %s\n' "${name}" "${!name}" "${comment:-Hydra overrides for that stage}"
+  done)
 help_message=$(cat <<EOF
-Usage: $0 [options]
+Usage: ./run.sh [options]      (from egs/<corpus>/, or from the top for egs/mini_lime)
 
 Stages:
   #   name        does                                                       writes
-  0   prepare     corpus -> Kaldi-style data dirs (egs/<corpus>/prepare.py)  data/<set>/
+  0   prepare     corpus -> Kaldi-style data dirs (its preparer or prepare.py) data/<set>/
   1   format      validate, 16 kHz mono, duration filter, label mapping      data/<set>/
   2   attributes  pitch, loudness, speaking rate -> Low/Medium/High          data/<set>/utt2attr
   3   targets     reasoning targets from a teacher (offline|hf|openai)       data/<set>/targets.jsonl
@@ -90,22 +97,8 @@ Stages:
   9   decode      batched inference, explicit and implicit prompts           exp/<system>/decode_*/
   10  score       labels, UA/WA/F1, JS/BC/Brier/ECE, judges, tables           exp/<system>/results.md
 
-Options:
-  --stage N / --stop_stage N   range of stages to run (default ${stage}..${stop_stage})
-  --skip_stages "N M"          stages to skip
-  --force true                 re-run stages even when their records say they are up to date
-  --system NAME                c2ser | cogaudio | ambiguity | reasoning (default ${system})
-  --nj N                       parallel processes for the data stages, and baselines
-                               trained at once on CPU (default ${nj})
-  --ngpu N                     GPUs (0 = CPU, default ${ngpu})
-  --python PATH                Python interpreter (default ${python})
-  --train_set / --dev_set / --test_sets   data dirs under ${data_root}/
-  --e2v_table true             stage 5 also trains Emotion2Vec-F and probes both (C²SER Table V)
-  --fold K                     the corpus fold stage 0 writes (default: corpus.fold of the corpus config)
-  --folds "1 2 3" | all        every stage for each fold, in <data|dump|exp>_root/fold<K>/, then the
-                               mean ± std over folds in <exp_root>/<system>/folds.md
-  --recipe NAME                sizes and budgets: conf/recipe/NAME.yaml (smoke: tiny models on a CPU)
-  --<stage>_args "k=v ..."     Hydra overrides for that stage's entry point (and probe_args)
+Options (--name value; the default in brackets):
+${option_help}
 
 A stage is skipped when its record (provenance.json) says it was made from the same config keys
 and the same input content as now (python -m local.bin.stamp STAGE ARGS... tells why not).
@@ -118,6 +111,19 @@ if [ $# -ne 0 ]; then
   echo "$0: unexpected argument '$1' (options are --name value)" >&2
   exit 1
 fi
+# Refuse bad values before anything runs: a typo must not start a training run.
+die() { echo "run.sh: $*" >&2; exit 1; }
+is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+for opt in stage stop_stage; do
+  { is_int "${!opt}" && [ "${!opt}" -le 10 ]; } || die "--${opt} must be a stage number 0-10, not '${!opt}'"
+done
+[ "${stage}" -le "${stop_stage}" ] || die "--stage ${stage} --stop_stage ${stop_stage} is an empty range of stages"
+for s in ${skip_stages}; do
+  { is_int "${s}" && [ "${s}" -le 10 ]; } || die "--skip_stages must list stage numbers 0-10, not '${s}'"
+done
+{ is_int "${nj}" && [ "${nj}" -ge 1 ]; } || die "--nj must be a whole number of processes >= 1, not '${nj}'"
+is_int "${ngpu}" || die "--ngpu must be a whole number of GPUs (0 = CPU), not '${ngpu}'"
+[ -z "${fold}" ] || [[ "${fold}" =~ ^[A-Za-z0-9_]+$ ]] || die "--fold must be a fold name of corpus.folds, not '${fold}'"
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)

@@ -1,9 +1,12 @@
 """The shell layer: Kaldi option parsing, the launcher, and run.sh's refusals."""
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,11 +78,33 @@ def test_run_sh_rejects_unknown_options_and_corpora():
     assert out.returncode == 1 and "no recipe egs/nope/run.sh" in out.stderr
 
 
-def test_run_sh_help_lists_all_stages():
+def test_run_sh_help_lists_all_stages_and_every_option_with_its_default_on_stdout():
     out = subprocess.run(["./run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0
+    assert out.returncode == 0 and out.stderr == ""
     for n, name in enumerate("prepare format attributes targets shards pretrain sft distill rl decode score".split()):
-        assert f"  {n:<3} {name}" in out.stderr
+        assert f"  {n:<3} {name}" in out.stdout
+    declared = re.findall(r"^([a-z0-9_]+)=(\S*)", (ROOT / "run.sh").read_text().split("# Options", 1)[1]
+                          .split("# The help lists", 1)[0], re.MULTILINE)
+    assert len(declared) > 30
+    for name, default in declared:
+        shown = {"corpus": "mini_lime"}.get(name, default.strip('"'))
+        assert re.search(rf"^  --{name} +\[{re.escape(shown)}\] ", out.stdout, re.MULTILINE), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "abc"], "--stage must be a stage number 0-10, not 'abc'"),
+    (["--stage", "11"], "--stage must be a stage number 0-10, not '11'"),
+    (["--stage", "5", "--stop_stage", "2"], "--stage 5 --stop_stage 2 is an empty range of stages"),
+    (["--nj", "0"], "--nj must be a whole number of processes >= 1, not '0'"),
+    (["--ngpu", "one"], "--ngpu must be a whole number of GPUs (0 = CPU), not 'one'"),
+    (["--skip_stages", "3,5"], "--skip_stages must list stage numbers 0-10, not '3,5'"),
+    (["--force", "yes"], "option --force is boolean; give true or false, not 'yes'"),
+])
+def test_run_sh_refuses_bad_values_in_one_line_before_running_anything(args, message, tmp_path):
+    out = subprocess.run(["./run.sh", *args, "--exp_root", str(tmp_path / "exp"), "--python", "false"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and out.stderr == f"run.sh: {message}\n" and out.stdout == ""
+    assert not (tmp_path / "exp").exists()  # nothing ran: not even the experiment's history was written
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
