@@ -17,8 +17,10 @@ import torch
 from omegaconf import DictConfig
 
 from local.bin.stages import stage_run
+from local.data.labels import EMOTIONS
 from local.eval.decode import check_model_config, decode_test_set, generation_kwargs, resolve_test_set, \
     write_decode_dir
+from local.eval.extract import explain
 from local.models import alm
 from local.models.cache import cached_shards
 from local.models.readout import Readout
@@ -70,6 +72,11 @@ def decode_sets(cfg: DictConfig) -> None:
                 num_workers=opts.num_workers, transcript_in_prompt=bool(facts.get("transcript_in_prompt")),
                 readout=readout, speaker_stats=opts.speaker_stats)
             out_dir = decode_dir(cfg, entry, mode)
+            labels = facts.get("labels") or list(EMOTIONS)
+            for r in records:  # the rules' reading (stage 10's with score.extract=rules), beside the gold label
+                r["pred"], why = explain(r["hyp"], labels)
+                if why:
+                    r["pred_why"] = why
             write_decode_dir(out_dir, records, {
                 **timing, "set": test_set.name, "mode": mode, "target": target, "labels": facts.get("labels"),
                 "data_dir": str(test_set.data_dir),

@@ -135,6 +135,7 @@ class AttributeBaseline:
             return (data.get(name) or {}).get(utt)
 
         records = [{"utt": u, "hyp": str(label_of.get(u, "")), "label": table("utt2emo", u),
+                    "pred": label_of.get(u), **({} if u in label_of else {"pred_why": "no stage-2 attributes"}),
                     "subset": table("utt2subset", u), "lang": table("utt2lang", u), "text": table("text", u),
                     "n_tokens": 0} for u in utts]
         timing = {"n": len(utts), "seconds": seconds, "sec_per_utt": seconds / len(utts) if utts else None,

@@ -324,8 +324,9 @@ def write_decode_dir(out_dir: Path | str, records: Sequence[Mapping], timing: Ma
     if with_dist and len(with_dist) != len(records):
         missing = sorted({r["utt"] for r in records} - set(with_dist))
         raise ValueError(f"{out_dir}: {len(missing)} hypotheses have no read-out distribution, e.g. {missing[0]}")
-    lines = "".join(json.dumps({k: v for k, v in r.items() if k != "dist"}, ensure_ascii=False) + "\n"
-                    for r in records)
+    # the read-out distribution is in each record too, rounded, for the reader; hyp_dist keeps it for scoring
+    lines = "".join(json.dumps({**r, "dist": {k: round(p, 6) for k, p in r["dist"].items()}} if "dist" in r else r,
+                               ensure_ascii=False) + "\n" for r in records)
     write_text_atomic(out_dir / HYPS, lines)
     if with_dist:
         table = {r["utt"]: " ".join(f"{label}:{p:.6f}" for label, p in r["dist"].items()) for r in records}

@@ -103,6 +103,19 @@ def extract_label(text: str | None, labels: Sequence[str] = EMOTIONS) -> str | N
     return kept[-1][1]
 
 
+def explain(text: str | None, labels: Sequence[str] = EMOTIONS) -> tuple[str | None, str | None]:
+    """(the label ``extract_label`` reads, None) or (None, why it reads none): what a decode record keeps as
+    ``pred`` and ``pred_why``, so a user need not parse sentences."""
+    label = extract_label(text, labels)
+    if label is not None:
+        return label, None
+    if not text or not text.strip():
+        return None, "empty output"
+    if mentions(text, labels):
+        return None, "every label it names is negated"
+    return None, f"names none of the labels ({', '.join(labels)})"
+
+
 def extract_labels(texts: Sequence[str], method: str = "rules", teacher: Teacher | None = None,
                    labels: Sequence[str] = EMOTIONS) -> list[str | None]:
     """One label (or None) per output.

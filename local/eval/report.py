@@ -64,7 +64,7 @@ import numpy as np
 
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.reasoning.offline import LEVEL_WORDS
-from local.reasoning.targets import format_problem
+from local.reasoning.targets import QUOTED, format_problem, quotes_transcript
 from local.utils.atomic import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -183,6 +183,17 @@ def shared_distributions(gold: Mapping[str, Mapping[str, float]], labels: Sequen
     return out
 
 
+def quotation_scores(records: Sequence[Mapping]) -> dict:
+    """How faithfully outputs quote: ``rate``, the share of outputs with a double-quoted span, and ``spoken``,
+    of those with a transcript, the share whose quote is words of the sentence actually spoken (None when
+    none quotes).  A small LM recalls training sentences and quotes them as if heard (issue 16)."""
+    quoting = [r for r in records if QUOTED.search(r["hyp"] or "")]
+    checkable = [r for r in quoting if r.get("text")]
+    return {"rate": len(quoting) / len(records) if records else None, "n": len(quoting),
+            "spoken": (sum(quotes_transcript(r["hyp"], r["text"]) for r in checkable) / len(checkable)
+                       if checkable else None)}
+
+
 def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: Sequence[str],
               timing: Mapping | None = None, gold_dists: Mapping[str, Mapping[str, float]] | None = None,
               ece_bins: int = 15, *, attrs: Mapping[str, Mapping[str, str]] | None = None,
@@ -215,7 +226,7 @@ def score_row(records: Sequence[Mapping], preds: Sequence[str | None], labels: S
                  "sec_per_utt": timing.get("sec_per_utt"),
                  "invalid_rate": sum(p is None for p in preds) / n_out if n_out else None,
                  "mean_words": sum(count_words(r["hyp"]) for r in records) / n_out if n_out else None,
-                 "per_class": {}, "labels": list(labels)}
+                 "per_class": {}, "labels": list(labels), "quotes": quotation_scores(records)}
     if dropped:
         row["dropped"] = dict(sorted(dropped.items()))
     matrix = None
@@ -265,7 +276,8 @@ def _judge_columns(rows: Mapping[str, Mapping]) -> list[tuple[str, str]]:
     return sorted(columns.items())
 
 
-def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list[str], stand_in: bool) -> str:
+def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list[str], stand_in: bool,
+            quoted: bool = False) -> str:
     """The line under a table that says what its columns are."""
     parts = ["UA = unweighted average recall, WA = accuracy, F1 = macro-F1, in % of the n utterances with a "
              "reference label" + (" (UA x: of utt2subset's subset x)" if subsets else ""),
@@ -274,6 +286,9 @@ def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list
              "rejected = test-set utterances lost in stages 1-2 or in decoding"]
     if formatted:
         parts.append("well-formed % = outputs in the format of the target the prompt was trained on")
+    if quoted:
+        parts.append("quotes % = outputs that quote a sentence (in double quotes); quotes spoken % = of those, "
+                     "the ones whose quote is words of the transcript actually spoken")
     if attr:
         parts.append("pitch / loudness / rate word % = explicit-CoT level words matching utt2attr, over the "
                      "attr n outputs that state all three")
@@ -325,9 +340,11 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         dist = any("js" in row for row in [*rows.values(), *refs])
         formatted = any("well_formed" in row for row in rows.values())
         attr = any("attr_words" in row for row in rows.values())
+        quoted = any((row.get("quotes") or {}).get("n") for row in rows.values())
         judged = _judge_columns(rows)
         header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n",
                   "rejected", *(["well-formed %"] if formatted else []),
+                  *(["quotes %", "quotes spoken %"] if quoted else []),
                   *([f"{a} word %" for a in ATTR_KEYS] + ["attr n"] if attr else []),
                   *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
                   *(name for _, name in judged), *(["not judged"] if judged else [])]
@@ -345,6 +362,9 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
                      str(row["n"]), str(row.get("rejected", "–"))]
             if formatted:
                 cells.append(_pct(row.get("well_formed")))
+            if quoted:
+                quotes = row.get("quotes") or {}
+                cells += [_pct(quotes.get("rate")), _pct(quotes.get("spoken"))]
             if attr:
                 words = row.get("attr_words", {})
                 cells += [*(_pct(words.get(a)) for a in ATTR_KEYS),
@@ -358,7 +378,7 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         ref_lines, notes = published_lines(header, refs)
         lines += ref_lines
         stand_in = any(row.get("judge", {}).get("backend") == "offline" for row in rows.values())
-        lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in)]
+        lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in, quoted)]
         notes += [f"- {name}: no distribution scores: {row['dist_note']}."
                   for name, row in rows.items() if row.get("dist_note")]
         notes += _dropped_notes(rows)

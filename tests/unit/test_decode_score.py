@@ -39,7 +39,8 @@ from local.train.sft import with_transcript
 from local.utils.hydra import compose
 from test_alm import PROMPT, build_tiny, tiny_dirs  # noqa: F401  (tiny_dirs: the tiny Whisper / LM fixture)
 
-ROW_KEYS = {"ua", "wa", "f1", "n", "rejected", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class", "labels"}
+ROW_KEYS = {"ua", "wa", "f1", "n", "rejected", "subsets", "sec_per_utt", "invalid_rate", "mean_words", "per_class",
+            "labels", "quotes"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -266,8 +267,12 @@ def test_decode_writes_hyp_dist_and_score_reports_its_distribution_metrics(tiny_
     assert timing["readout"] == {"answer_prefix": "\nDistribution:", "separator": " ", "labels": list(EMOTIONS)}
     assert timing["readout_seconds"] > 0
     table = read_table(decode_dir / "hyp_dist")
-    assert list(table) == tables.utts and all("dist" not in json.loads(line)
-                                              for line in (decode_dir / "hyps.jsonl").read_text().splitlines())
+    lines = [json.loads(line) for line in (decode_dir / "hyps.jsonl").read_text().splitlines()]
+    assert list(table) == tables.utts == [r["utt"] for r in lines]
+    for r in lines:  # what a reader needs in each record: the gold label, the rules' label or why none, the read-out
+        assert {"label", "pred", "dist"} <= set(r) and (r["pred"] is not None or r["pred_why"])
+        assert r["pred"] == extract_label(r["hyp"]) and list(r["dist"]) == list(EMOTIONS)
+        assert r["dist"] == pytest.approx(parse_dist(table[r["utt"]]), abs=1e-6)
     # hyp_dist is the read-out after each hypothesis (here recomputed from the audio, not the feature cache)
     readout = Readout(model.tokenizer)
     instruction = load_prompt("c2ser_explicit_instruction")
@@ -493,9 +498,10 @@ def test_explicit_cot_attribute_words_are_scored_against_utt2attr(tmp_path):
     assert "attr_words" not in rows["implicit"]
     assert rows["explicit"]["well_formed"] == pytest.approx(4 / 6)  # "I cannot tell.", and s2-c says no volume
     md = (exp / "results.md").read_text()
-    assert "| well-formed % | pitch word % | loudness word % | rate word % | attr n |" in md
-    assert "| 66.67 | 66.67 | 100.00 | 75.00 | 4/6 |" in md
-    assert "| 100.00 | – | – | – | – |" in md  # the implicit row
+    assert "| well-formed % | quotes % | quotes spoken % | pitch word % | loudness word % | rate word % | attr n |" in md
+    # the four CoTs quote "We meet again", and the records' transcript is "x": quoted, but not what was spoken
+    assert "| 66.67 | 66.67 | 0.00 | 66.67 | 100.00 | 75.00 | 4/6 |" in md
+    assert "| 100.00 | 0.00 | – | – | – | – | – |" in md  # the implicit row
 
 
 def test_rows_without_distribution_scores_say_why_when_the_table_has_some(tmp_path):
@@ -701,3 +707,30 @@ def test_the_papers_numbers_are_printed_beside_ours_as_published_rows(tmp_path):
     assert "other set" not in md and "GRPOz" not in md  # another set's, another system's
     document = json.loads((exp / "results.json").read_text())
     assert list(document["published"]) == ["t1"] and document["published"]["t1"][0]["ua"] == 60.12
+
+
+@pytest.mark.parametrize("text, labels, want", [
+    ("The emotion is anger.", ("anger", "sadness"), ("anger", None)),
+    ("", ("anger",), (None, "empty output")),
+    ("It is not sad at all.", ("anger", "sadness"), (None, "every label it names is negated")),
+    ("She sounds surprised.", ("anger", "sadness"), (None, "names none of the labels (anger, sadness)")),
+])
+def test_each_record_says_which_label_it_was_read_as_or_why_none(text, labels, want):
+    from local.eval.extract import explain
+    assert explain(text, labels) == want
+
+
+def test_the_table_reports_how_faithfully_outputs_quote_the_spoken_sentence():
+    from local.eval.report import quotation_scores
+
+    records = [{"hyp": 'She said "the cat sat" angrily.', "text": "The cat sat on the mat."},
+               {"hyp": 'She said "a dog barked", so sad.', "text": "The cat sat on the mat."},
+               {"hyp": "Sad.", "text": "The cat sat on the mat."},
+               {"hyp": '“on the mat” sounds calm', "text": "The cat sat on the mat."}]
+    assert quotation_scores(records) == {"rate": 0.75, "n": 3, "spoken": pytest.approx(2 / 3)}
+    assert quotation_scores([{"hyp": "no quote", "text": "x"}]) == {"rate": 0.0, "n": 0, "spoken": None}
+    row = {"ua": 0.5, "wa": 0.5, "f1": 0.5, "n": 4, "subsets": {}, "sec_per_utt": None, "invalid_rate": 0.0,
+           "mean_words": 3.0, "per_class": {}, "labels": ["anger"], "quotes": quotation_scores(records)}
+    md = results_markdown({"t": {"cot": row, "plain": {**row, "quotes": quotation_scores(records[2:3])}}})
+    assert "| quotes % | quotes spoken % |" in md and "| 75.00 | 66.67 |" in md and "| 0.00 | – |" in md
+    assert "quotes spoken % = of those, the ones whose quote is words of the transcript actually spoken" in md
