@@ -124,6 +124,26 @@ done
 { is_int "${nj}" && [ "${nj}" -ge 1 ]; } || die "--nj must be a whole number of processes >= 1, not '${nj}'"
 is_int "${ngpu}" || die "--ngpu must be a whole number of GPUs (0 = CPU), not '${ngpu}'"
 [ -z "${fold}" ] || [[ "${fold}" =~ ^[A-Za-z0-9_]+$ ]] || die "--fold must be a fold name of corpus.folds, not '${fold}'"
+
+# A test set given as a path (or as name=path) is a user's data dir, and read-only: stage 0 copies it into
+# ${data_root}/<name> (corpus.extra_test_sets), and every later stage works on the copy.  A name must not be
+# one of the recipe's own sets, or its decodes and table rows would overwrite theirs.
+imports=""
+names="${train_set} ${dev_set} $(for e in ${test_sets}; do [[ "${e}" == */* ]] || echo "${e}"; done)"
+plain_tests=""
+for entry in ${test_sets}; do
+  if [[ "${entry}" != */* ]]; then plain_tests+=" ${entry}"; continue; fi
+  name=${entry%%=*}; path=${entry#*=}
+  [ "${name}" != "${entry}" ] || name=$(basename "${entry}")
+  [ -d "${path}" ] || die "--test_sets: ${path} is not a directory"
+  [[ " ${names} " != *" ${name} "* ]] || die "--test_sets: ${path} would be the set '${name}', \
+which this recipe already has; name it: --test_sets \"... mine=${path}\""
+  [[ "${name}" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--test_sets: '${name}' is not a set name (letters, digits, _ . -)"
+  names+=" ${name}"
+  plain_tests+=" ${name}"
+  imports+=" +corpus.extra_test_sets.${name}={data_dir:$(cd "${path}" && pwd)}"
+done
+test_sets=${plain_tests# }
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
@@ -184,6 +204,7 @@ all_sets="${train_set} ${dev_set} ${test_sets}"
 common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
 train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
 [ -n "${fold}" ] && common_args+=" corpus.fold=${fold}"
+common_args+="${imports}"
 if [ -z "${recipe}" ] && { [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; }; then
   recipe=${corpus}
 fi

@@ -83,10 +83,11 @@ def _data_dirs(cfg: DictConfig) -> list[Path]:
 
 
 def _corpus_files(cfg: DictConfig) -> dict[str, str]:
-    """Files the corpus config names (a text list, a label map): their content is part of what stage 0 makes."""
+    """Files the corpus config names (a text list, a label map, a user's data dir to copy as a test set):
+    their content is part of what stage 0 makes."""
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True)
     return {f"corpus.{k}": str(v) for k, v in flatten(corpus).items()
-            if isinstance(v, str) and v and Path(v).is_file()}
+            if isinstance(v, str) and v and (Path(v).is_file() or (k.endswith("data_dir") and Path(v).is_dir()))}
 
 
 def _preparer(cfg: DictConfig) -> dict[str, str]:

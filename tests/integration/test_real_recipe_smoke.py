@@ -1,5 +1,6 @@
-"""Every stage of a real-corpus recipe on a CPU (``--recipe smoke``): IEMOCAP's five folds with mean ± std, and
-a model of IEMOCAP's 4 classes tested on MELD's 7 (cross-corpus), on fake copies of both corpora.
+"""Every stage of a real-corpus recipe on a CPU (``--recipe smoke``): IEMOCAP's five folds with mean ± std, a
+model of IEMOCAP's 4 classes tested on MELD's 7 (cross-corpus), on fake copies of both corpora, and what a
+re-run with fewer jobs or one more test set (a user's own dir) does and does not touch.
 
 The smoke's numbers mean nothing (tiny models, a few steps); what is checked is that every stage runs on each
 fold's own sets, that stage 10's fold table averages exactly the folds' tables, and that a test set of another
@@ -7,8 +8,10 @@ corpus is scored on the labels it shares with the model, naming the others.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -73,3 +76,38 @@ def test_a_model_of_iemocap_is_scored_on_meld_on_the_labels_they_share(iemocap, 
     assert (f"- explicit, implicit, attributes: scored on the labels shared with the model (anger, happiness, "
             f"neutral, sadness); not scored, {sum(outside.values())} utterances of the labels it does not have: "
             f"{counts}.") in out.stdout
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fewer_jobs_or_a_new_test_set_retrain_nothing_and_a_users_dir_is_never_written(iemocap, tmp_path):
+    run("iemocap", tmp_path, "--recipe", "smoke", "--baselines", "", env=iemocap)
+    models = {name: digests(tmp_path / "exp" / name) for name in ("e2vs/model", "c2ser/sft/model", "c2ser/distill/model")}
+    before = json.loads((tmp_path / "exp" / "c2ser" / "results.json").read_text())["tables"]
+
+    out = run("iemocap", tmp_path, "--recipe", "smoke", "--baselines", "", "--nj", "2", env=iemocap)
+    assert out.stdout.count("up to date, skipped") == 11  # --nj changes no output
+
+    user = tmp_path / "users" / "test"  # a folder of the user's, named like the recipe's own test set
+    user.mkdir(parents=True)
+    for table in ("wav.scp", "utt2spk", "text", "utt2emo"):
+        shutil.copy(tmp_path / "data" / "test" / table, user / table)
+    mine = digests(user.parent)
+    clash = subprocess.run([str(ROOT / "egs" / "iemocap" / "run.sh"), "--test_sets", f"test {user}"], env=iemocap,
+                           capture_output=True, text=True, timeout=60)
+    assert clash.returncode == 1 and f"{user} would be the set 'test', which this recipe already has" in clash.stderr
+    out = run("iemocap", tmp_path, "--recipe", "smoke", "--baselines", "", "--test_sets", f"test mine={user}",
+              env=iemocap)
+    for line in ("Stage 5 (pretrain, e2vs)", "Stage 6 (sft, c2ser)", "Stage 7 (distill, c2ser)", "Stage 8 (rl, c2ser)"):
+        assert f"{line}: up to date, skipped" in out.stdout, line
+    assert "Stage 9 (decode, c2ser) runs" in out.stdout
+    assert {name: digests(tmp_path / "exp" / name) for name in models} == models  # nothing retrained
+    assert digests(user.parent) == mine  # the user's dir: not a byte added or changed
+    after = json.loads((tmp_path / "exp" / "c2ser" / "results.json").read_text())["tables"]
+    timeless = lambda table: {row: {k: v for k, v in entry.items() if k != "sec_per_utt"}  # noqa: E731
+                              for row, entry in table.items()}
+    assert set(after) == {"test", "mine"} and timeless(after["test"]) == timeless(before["test"])
+    assert after["mine"]["implicit"]["n"] == before["test"]["implicit"]["n"]

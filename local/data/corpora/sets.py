@@ -102,13 +102,20 @@ def run_preparer(spec: Mapping, db: str | None, what: str) -> dict[str, DataDir]
 
 
 def prepare_extra_test_sets(cfg: DictConfig) -> dict[str, DataDir]:
-    """Write ``corpus.extra_test_sets`` under ``data_root``: each ``{name: {preparer, var, part[,
-    preparer_args]}}`` is a part of another corpus (its root from the environment variable ``var``, as
-    db.sh sets it), which the recipe lists in ``--test_sets`` to score its models across corpora: stage 1
-    maps its labels, and stage 10 scores the labels it shares with the model."""
+    """Write ``corpus.extra_test_sets`` under ``data_root``, each a test set the recipe lists in
+    ``--test_sets``: ``{name: {preparer, var, part[, preparer_args]}}`` is a part of another corpus (its root
+    from the environment variable ``var``, as db.sh sets it), to score the recipe's models across corpora
+    (stage 1 maps its labels, stage 10 scores the labels it shares with the model); ``{name: {data_dir}}``
+    is a user's Kaldi data dir, copied so that no stage ever writes to it (run.sh makes these entries
+    from a path in ``--test_sets``)."""
     sets = {}
     extra = cfg.corpus.get("extra_test_sets")
     for name, spec in (OmegaConf.to_container(extra, resolve=True) if extra else {}).items():
+        if spec.get("data_dir"):
+            sets[name] = DataDir.load_lenient(spec["data_dir"])  # a bad line is rejected by name, not fatal
+            sets[name].save(Path(cfg.data_root) / name)
+            log.info("%s/%s: a copy of %s, %d utterances", cfg.data_root, name, spec["data_dir"], len(sets[name]))
+            continue
         missing = [k for k in ("preparer", "var", "part") if not spec.get(k)]
         if missing:
             raise ValueError(f"corpus.extra_test_sets.{name}: needs {', '.join(missing)}")
