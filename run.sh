@@ -155,6 +155,15 @@ if [ "${baselines}" = auto ]; then
     *) baselines="" ;;
   esac
 fi
+# One model decoded on its own: decode.model_dir would otherwise be decoded under every experiment's name
+# (one model shown five times in the table), and into the system's own decode dirs.
+if [[ " ${decode_args} " == *" decode.model_dir="* ]]; then
+  how="./run.sh --stage 9 --baselines \"\" --decode_args \"decode.model_dir=DIR exp_name=NAME\" --score_args \"exp_name=NAME\""
+  [ -z "${baselines}" ] || die "decode.model_dir in --decode_args would decode that one model for every experiment \
+(${system} ${baselines}); decode it alone: ${how}"
+  [[ " ${decode_args} " == *" exp_name="* ]] || die "decode.model_dir in --decode_args needs exp_name=NAME beside \
+it, or its decodes replace ${system}'s own: ${how}"
+fi
 
 # Refuse up front, before any work, model stages for a system this version has no settings for.
 experiment=experiment/${system}.yaml

@@ -111,3 +111,15 @@ def test_fewer_jobs_or_a_new_test_set_retrain_nothing_and_a_users_dir_is_never_w
                               for row, entry in table.items()}
     assert set(after) == {"test", "mine"} and timeless(after["test"]) == timeless(before["test"])
     assert after["mine"]["implicit"]["n"] == before["test"]["implicit"]["n"]
+
+    # one model decoded and scored alone, as the refusal of decode.model_dir for every experiment says
+    system = digests(tmp_path / "exp" / "c2ser")
+    run("iemocap", tmp_path, "--recipe", "smoke", "--stage", "9", "--baselines", "", "--test_sets", f"test mine={user}",
+        "--decode_args",
+        f"decode.model_dir={tmp_path / 'exp' / 'c2ser' / 'sft' / 'model'} exp_name=sft_alone",
+        "--score_args", "exp_name=sft_alone", env=iemocap)
+    assert digests(tmp_path / "exp" / "c2ser") == system  # no other experiment touched
+    alone = json.loads((tmp_path / "exp" / "sft_alone" / "results.json").read_text())
+    assert set(alone["tables"]) == {"test", "mine"}
+    assert {r["model_dir"] for t in alone["provenance"]["tables"].values() for r in t["rows"].values()
+            if "model_dir" in r} == {str(tmp_path / "exp" / "c2ser" / "sft" / "model")}

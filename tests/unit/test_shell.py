@@ -214,3 +214,14 @@ def test_install_refuses_a_disk_too_small_for_the_stack_before_touching_anything
     assert out.returncode == 1
     assert "3 GB free" in out.stderr and "needs about 10 GB" in out.stderr
     assert not (tmp_path / "tools" / "venv").exists()
+
+
+def test_run_sh_refuses_one_model_dir_for_every_experiment_and_says_how_to_decode_it_alone(tmp_path):
+    how = './run.sh --stage 9 --baselines "" --decode_args "decode.model_dir=DIR exp_name=NAME" --score_args "exp_name=NAME"'
+    for args, message in [([], "would decode that one model for every experiment (c2ser text_only no_whisper no_e2v "
+                                "no_cot)"),
+                          (["--baselines", ""], "needs exp_name=NAME beside it, or its decodes replace c2ser's own")]:
+        out = subprocess.run(["./run.sh", *args, "--decode_args", "decode.model_dir=/x", "--exp_root",
+                              str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        assert out.returncode == 1 and message in out.stderr and how in out.stderr
+        assert not (tmp_path / "exp").exists()
