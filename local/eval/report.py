@@ -379,6 +379,7 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         lines += ref_lines
         stand_in = any(row.get("judge", {}).get("backend") == "offline" for row in rows.values())
         lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in, quoted)]
+        notes += _row_notes(rows, ((provenance or {}).get("tables") or {}).get(test_set, {}).get("rows") or {})
         notes += [f"- {name}: no distribution scores: {row['dist_note']}."
                   for name, row in rows.items() if row.get("dist_note")]
         notes += _dropped_notes(rows)
@@ -386,6 +387,24 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
             lines += ["", *notes]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def _row_notes(rows: Mapping[str, Mapping], made_of: Mapping[str, Mapping]) -> list[str]:
+    """What each row is: the model dir, the prompt (target type) and the judge behind it; a row name alone
+    means different things in different systems (``implicit`` is CogAudio's Prompt B)."""
+    notes = []
+    for name, row in rows.items():
+        info = made_of.get(name) or {}
+        if name == "attributes":
+            notes.append(f"- {name}: a reference classifier (logistic regression on stage 2's pitch, loudness and "
+                         "rate alone, trained on the train set), not an audio LLM")
+            continue
+        parts = [f"model `{info['model_dir']}`" if info.get("model_dir") else None,
+                 f"prompt of target `{info['target']}`" if info.get("target") else None,
+                 f"judge {row['judge']['backend']}" if (row.get("judge") or {}).get("backend") else None]
+        if any(parts):
+            notes.append(f"- {name}: " + ", ".join(p for p in parts if p))
+    return notes
 
 
 def _dropped_notes(rows: Mapping[str, Mapping]) -> list[str]:

@@ -734,3 +734,14 @@ def test_the_table_reports_how_faithfully_outputs_quote_the_spoken_sentence():
     md = results_markdown({"t": {"cot": row, "plain": {**row, "quotes": quotation_scores(records[2:3])}}})
     assert "| quotes % | quotes spoken % |" in md and "| 75.00 | 66.67 |" in md and "| 0.00 | – |" in md
     assert "quotes spoken % = of those, the ones whose quote is words of the transcript actually spoken" in md
+
+
+def test_each_row_says_which_model_prompt_and_judge_it_is():
+    row = {"ua": 0.5, "wa": 0.5, "f1": 0.5, "n": 2, "subsets": {}, "sec_per_utt": None, "invalid_rate": 0.0,
+           "mean_words": 3.0, "per_class": {}, "labels": ["anger"]}
+    provenance = {"tables": {"t": {"rows": {"implicit": {"model_dir": "exp/cogaudio/rl/model",
+                                                         "target": "direct_response", "mode": "implicit"}}}}}
+    md = results_markdown({"t": {"implicit": {**row, "judge": {"backend": "offline", "empathy": 2.0}},
+                                 "attributes": row}}, provenance)
+    assert "- implicit: model `exp/cogaudio/rl/model`, prompt of target `direct_response`, judge offline" in md
+    assert "- attributes: a reference classifier (logistic regression on stage 2's pitch" in md
