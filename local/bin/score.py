@@ -17,20 +17,20 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from local.data.kaldi import parse_dist, parse_kv, read_table
 from local.data.labels import recipe_labels
 from local.eval.attr_baseline import AttributeBaseline
-from local.eval.decode import find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
+from local.eval.decode import HYPS, find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
 from local.eval.extract import extract_labels
 from local.eval.judge import Judge, JudgeItem, build_judge
 from local.eval.report import judge_row, score_row, write_results
 from local.reasoning.teacher import build_teacher
 from local.bin.stages import stage_run
-from local.utils.digest import RECORD
+from local.utils.digest import RECORD, file_digest
 from local.utils.hydra import entry_point
 from local.utils.paths import baseline_rows
 from local.utils.provenance import read_json
@@ -50,8 +50,9 @@ def attribute_row(trained: Callable[[], AttributeBaseline], cfg: DictConfig, ent
         log.warning("%s: no utt2attr in %s, no attribute baseline row", name, test_dir)
         return
     records, timing = trained().predict(test_dir)
-    write_decode_dir(Path(cfg.score.exp_dir) / "attr_baseline" / name, records, {**timing, "set": name})
-    rows["attributes"] = (records, timing)
+    out = Path(cfg.score.exp_dir) / "attr_baseline" / name
+    write_decode_dir(out, records, {**timing, "set": name})
+    rows["attributes"] = with_source(out, (records, timing))
 
 
 def set_data_dir(cfg: DictConfig, entry: str) -> Path | None:
@@ -99,6 +100,33 @@ def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float
     return gold
 
 
+def with_source(decode: Path, row: tuple[list[dict], dict]) -> tuple[list[dict], dict]:
+    """The row, its timing told where it was read from and the digest of what it read (see keep_earlier)."""
+    records, timing = row
+    return records, {**timing, "decode_dir": str(decode), "hyps_sha256": file_digest(decode / HYPS)}
+
+
+def keep_earlier(exp_dir: Path, results: dict, provenance: dict) -> list[str]:
+    """Add to ``results`` and ``provenance`` the sets an earlier stage 10 scored that this one was not asked
+    to (an extra test set scored last week stays in the report), each only while every one of its decode
+    dirs still holds the very hyps.jsonl it was scored from: a set decoded again since, by another model,
+    is dropped, never shown with old numbers.  Returns the kept sets' names."""
+    def unchanged(source: Mapping) -> bool:
+        hyps = Path(source.get("decode_dir") or "/nonexistent") / HYPS
+        return hyps.is_file() and file_digest(hyps) == source.get("hyps_sha256")
+
+    old = read_json(Path(exp_dir) / "results.json") or {}
+    kept = []
+    for name, table in (old.get("tables") or {}).items():
+        made_of = ((old.get("provenance") or {}).get("tables") or {}).get(name) or {}
+        if name in results or not all(unchanged((made_of.get("rows") or {}).get(row) or {}) for row in table):
+            continue
+        results[name] = table
+        provenance["tables"][name] = {**made_of, "earlier": made_of.get("earlier") or old["provenance"].get("started")}
+        kept.append(name)
+    return kept
+
+
 def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]]]:
     """{test set: {row: (records, timing)}}: the system's decodes (one row per mode of decode.modes: a
     decode dir of another mode, left from an earlier configuration, is not this system's), the baselines'
@@ -115,7 +143,7 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
             if not (decode / "hyps.jsonl").is_file():
                 raise FileNotFoundError(f"{name}: mode '{mode}' has no decode: {decode} has no hyps.jsonl. Run "
                                         "stage 9 (decode) first, or score other modes with decode.modes=[...]")
-            rows[name][mode] = read_decode_dir(decode)
+            rows[name][mode] = with_source(decode, read_decode_dir(decode))
         stale = sorted(set(find_decode_dirs(opts.exp_dir).get(name, {})) - set(cfg.decode.modes))
         if stale:
             log.warning("%s: decode dirs of modes %s in %s are not among decode.modes %s: left out", name, stale,
@@ -128,7 +156,7 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
                 raise FileNotFoundError(
                     f"{name}: baseline '{row}' of score.baselines has no decode: {baseline} has no hyps.jsonl. "
                     f"Run the baseline's stage 9 (decode) first, or leave it out with score.baselines.{row}=null")
-            rows[name][row] = read_decode_dir(baseline)
+            rows[name][row] = with_source(baseline, read_decode_dir(baseline))
         if opts.attributes:
             attribute_row(trained, cfg, entry, rows[name])
         if not rows[name]:
@@ -167,7 +195,8 @@ def provenance(cfg: DictConfig, record: dict, rows: dict, judge: Judge | None) -
     tables = {}
     for name, set_rows in rows.items():
         tables[name] = {"teacher": training_teacher(set_data_dir(cfg, entries[name])),
-                        "rows": {row: {k: timing.get(k) for k in ("model_dir", "device", "target", "mode", "source")
+                        "rows": {row: {k: timing.get(k) for k in ("model_dir", "device", "target", "mode", "source",
+                                                                  "decode_dir", "hyps_sha256")
                                        if timing.get(k) is not None}
                                  for row, (_, timing) in set_rows.items()}}
     return {**{k: record[k] for k in ("code", "key", "inputs", "started", "host")},
@@ -221,7 +250,11 @@ def score(cfg: DictConfig, record: dict) -> str:
                 backend.close()
     mine = (cfg.corpus.get("published") or {}).get(cfg.system)
     published = OmegaConf.to_container(mine, resolve=True) if mine else {}
-    markdown = write_results(opts.exp_dir, results, confusions, provenance(cfg, record, rows, judge),
+    made_of = provenance(cfg, record, rows, judge)
+    earlier = keep_earlier(Path(opts.exp_dir), results, made_of)
+    if earlier:
+        log.info("kept in the report, scored earlier and their decodes unchanged: %s", ", ".join(earlier))
+    markdown = write_results(opts.exp_dir, results, confusions, made_of,
                              {name: refs for name, refs in published.items() if name in results})
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")

@@ -349,7 +349,9 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
                   *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
                   *(name for _, name in judged), *(["not judged"] if judged else [])]
         note = (provenance or {}).get("note")
-        lines = [f"### {test_set}", "", *([f"**{note}**", ""] if note else []),
+        earlier = (((provenance or {}).get("tables") or {}).get(test_set) or {}).get("earlier")
+        lines = [f"### {test_set}" + (f" (scored earlier, {earlier}; its decodes unchanged since)" if earlier else ""),
+                 "", *([f"**{note}**", ""] if note else []),
                  *([_teacher_line(teacher), ""] if teacher else []),
                  "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -474,7 +476,9 @@ def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mappin
     write_text_atomic(out_dir / "results.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     markdown = results_markdown(results, provenance, published)
     write_text_atomic(out_dir / "results.md", markdown)
+    earlier = {name for name, t in ((provenance or {}).get("tables") or {}).items() if t.get("earlier")}
     wanted = {f"confusion_{test_set}_{row}.png" for test_set, row in confusions}
+    wanted |= {f"confusion_{name}_{row}.png" for name in earlier for row in results.get(name, {})}
     for old in out_dir.glob("confusion_*.png"):
         if old.name not in wanted:
             old.unlink()

@@ -745,3 +745,27 @@ def test_each_row_says_which_model_prompt_and_judge_it_is():
                                  "attributes": row}}, provenance)
     assert "- implicit: model `exp/cogaudio/rl/model`, prompt of target `direct_response`, judge offline" in md
     assert "- attributes: a reference classifier (logistic regression on stage 2's pitch" in md
+
+
+def test_a_set_scored_earlier_stays_in_the_report_while_its_decodes_are_unchanged(tmp_path):
+    exp = tmp_path / "exp" / "sys"
+    for name in ("t1", "t2"):
+        write_set(tmp_path / "data" / name)
+        write_hand_decode(exp / f"decode_{name}_implicit", [h for *_, h in HAND], 0.01, set_name=name)
+
+    def score(sets):
+        score_main(compose([f"data_root={tmp_path / 'data'}", f"test_sets=[{','.join(sets)}]", f"score.exp_dir={exp}",
+                            "score.attributes=false", "decode.modes=[implicit]", "score.baselines={}"]))
+        return json.loads((exp / "results.json").read_text())
+
+    first = score(["t1", "t2"])
+    second = score(["t1"])  # t2 not asked for: kept, and said to be from earlier
+    assert second["tables"]["t2"] == first["tables"]["t2"]
+    assert second["provenance"]["tables"]["t2"]["earlier"] == first["provenance"]["started"]
+    md = (exp / "results.md").read_text()
+    assert f"### t2 (scored earlier, {first['provenance']['started']}; its decodes unchanged since)" in md
+    assert (exp / "confusion_t2_implicit.png").is_file()
+    # t2 decoded again (another model): its old numbers are not shown any more, nor its plot
+    write_hand_decode(exp / "decode_t2_implicit", ["It is neutral."] * 6, 0.01, set_name="t2")
+    third = score(["t1"])
+    assert list(third["tables"]) == ["t1"] and not (exp / "confusion_t2_implicit.png").exists()
