@@ -7,7 +7,8 @@
 # EmoBox ships no transcripts, so stages 2 (the speaking rate is phones per second of the transcript) and 3
 # (every reasoning target quotes or reads the transcript) are skipped; what EmoBox is for runs: the shards
 # (stage 4) and Emotion2Vec-S with its linear probe by EmoBox's protocol (stage 5, --e2v_table true:
-# C²SER Table V).  Stages 6-10 need targets, which this recipe has none of.
+# C²SER Table V).  Stages 6-10 need targets: give stage 1 an ASR model for the transcripts and run them all,
+#   ./run.sh --skip_stages "" --format_args "format.asr.model=/path/to/whisper-large-v3"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 . ../../db.sh

@@ -184,7 +184,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           _data_dirs, in_place=True, reads_records=False),
     # Which set is train, dev or test changes what stages 1-2 write (test sets are never filtered).
     Stage("format", _keys("format", "corpus.labels", "corpus.label_map", "train_set", "dev_set", "test_sets"),
-          lambda cfg: {"label_map": cfg.corpus.label_map} if isinstance(cfg.corpus.label_map, str) else {},
+          lambda cfg: {**({"label_map": cfg.corpus.label_map} if isinstance(cfg.corpus.label_map, str) else {}),
+                       **({"asr": cfg.format.asr.model} if cfg.format.asr.model else {})},
           _data_dirs, in_place=True),
     Stage("attributes", _keys("attributes", "corpus.default_lang", "train_set", "dev_set", "test_sets"),
           lambda cfg: {},

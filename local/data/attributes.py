@@ -540,8 +540,9 @@ def _measure_set(path: Path, settings: AttributeSettings, counter: PhoneCounter,
     # labels=None: stage 1 checked them against the recipe's set (a test set keeps names outside it)
     data = validate_data_dir(path, labels=None, check_audio=False)
     if "text" not in data:
-        raise DataDirError(path / "text", None, "is missing: the speaking rate needs transcripts (a corpus "
-                           "without them skips stages 2-3, --skip_stages \"2 3\", as egs/emobox does)")
+        raise DataDirError(path / "text", None, "is missing: the speaking rate needs transcripts (stage 1 "
+                           "writes them with --format_args \"format.asr.model=<a Whisper dir>\"; or skip stages "
+                           "2-3, --skip_stages \"2 3\", as egs/emobox does)")
     before = len(data.rejected)
     raw = measure_data_dir(data, settings, counter, default_lang, nj, keep_unmeasurable)
     return data, raw, len(data.rejected) - before

@@ -123,3 +123,22 @@ def test_fewer_jobs_or_a_new_test_set_retrain_nothing_and_a_users_dir_is_never_w
     assert set(alone["tables"]) == {"test", "mine"}
     assert {r["model_dir"] for t in alone["provenance"]["tables"].values() for r in t["rows"].values()
             if "model_dir" in r} == {str(tmp_path / "exp" / "c2ser" / "sft" / "model")}
+
+
+def test_a_corpus_without_transcripts_runs_every_stage_with_an_asr_model(tmp_path):
+    """EmoBox ships no text: stage 1 writes it with an ASR model (a tiny random Whisper here), and stages 2-10 run."""
+    from helpers import tiny_whisper
+    from test_recipes_stage4 import build_emobox
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOBOX_")}
+    env["EMOBOX"] = str(build_emobox(tmp_path / "db"))
+    whisper = tiny_whisper.build(tmp_path / "whisper")
+    out = run("emobox", tmp_path, "--recipe", "smoke", "--baselines", "", "--skip_stages", "",
+              "--format_args", f"format.asr.model={whisper} format.asr.max_new_tokens=8", env=env)
+    for n, name in enumerate(("prepare", "format", "attributes", "targets", "shards", "pretrain", "sft", "distill"), 0):
+        assert f"Stage {n} ({name}, " in out.stdout
+    assert "no transcripts in the corpus" in (tmp_path / "exp" / "log" / "1.format.data.log").read_text()
+    test = DataDir.load(tmp_path / "data" / "test")
+    assert set(test["text"]) == set(test.utts) and all(test["text"].values())
+    results = json.loads((tmp_path / "exp" / "c2ser" / "results.json").read_text())["tables"]["test"]
+    assert results["implicit"]["n"] == len(test)
