@@ -186,7 +186,7 @@ def shared_distributions(gold: Mapping[str, Mapping[str, float]], labels: Sequen
 def quotation_scores(records: Sequence[Mapping]) -> dict:
     """How faithfully outputs quote: ``rate``, the share of outputs with a double-quoted span, and ``spoken``,
     of those with a transcript, the share whose quote is words of the sentence actually spoken (None when
-    none quotes).  A small LM recalls training sentences and quotes them as if heard (issue 16)."""
+    none quotes).  A small LM recalls training sentences and quotes them as if it had heard them."""
     quoting = [r for r in records if QUOTED.search(r["hyp"] or "")]
     checkable = [r for r in quoting if r.get("text")]
     return {"rate": len(quoting) / len(records) if records else None, "n": len(quoting),
@@ -398,8 +398,8 @@ def _row_notes(rows: Mapping[str, Mapping], made_of: Mapping[str, Mapping]) -> l
     for name, row in rows.items():
         info = made_of.get(name) or {}
         if name == "attributes":
-            notes.append(f"- {name}: a reference classifier (logistic regression on stage 2's pitch, loudness and "
-                         "rate alone, trained on the train set), not an audio LLM")
+            notes.append(f"- {name}: a reference classifier (logistic regression on stage 2's attributes alone, "
+                         "trained on the train set), not an audio LLM")
             continue
         parts = [f"model `{info['model_dir']}`" if info.get("model_dir") else None,
                  f"prompt of target `{info['target']}`" if info.get("target") else None,

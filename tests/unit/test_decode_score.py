@@ -744,7 +744,7 @@ def test_each_row_says_which_model_prompt_and_judge_it_is():
     md = results_markdown({"t": {"implicit": {**row, "judge": {"backend": "offline", "empathy": 2.0}},
                                  "attributes": row}}, provenance)
     assert "- implicit: model `exp/cogaudio/rl/model`, prompt of target `direct_response`, judge offline" in md
-    assert "- attributes: a reference classifier (logistic regression on stage 2's pitch" in md
+    assert "- attributes: a reference classifier (logistic regression on stage 2's attributes alone" in md
 
 
 def test_a_set_scored_earlier_stays_in_the_report_while_its_decodes_are_unchanged(tmp_path):
