@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from local.eval.report import published_lines
+from local.eval.report import dropped_notes, published_lines
 from local.utils.atomic import write_text_atomic
 
 METRICS = (("ua", "UA", 100), ("wa", "WA", 100), ("f1", "F1", 100),
@@ -61,7 +61,8 @@ def aggregate(tables: list[dict]) -> dict:
                 for label, n in (r.get("dropped") or {}).items():
                     dropped[label] = dropped.get(label, 0) + n
             if dropped:
-                entry["dropped"] = dropped
+                entry["dropped"] = dict(sorted(dropped.items()))
+                entry["labels"] = rows[0].get("labels") or []
             out[name][row] = entry
     return {"tables": out, "missing": missing}
 
@@ -90,10 +91,7 @@ def markdown(result: dict, folds: list[str], teacher_offline: bool, notes: list[
         ref_lines, ref_notes = published_lines(header, refs)
         lines += [*ref_lines, "", "Columns as in each fold's results.md; ± is the sample standard deviation over "
                                   "folds; n and rejected are totals over folds.", *ref_notes]
-        for row, entry in rows.items():
-            if entry.get("dropped"):
-                counts = ", ".join(f"{k} ({v})" for k, v in sorted(entry["dropped"].items()))
-                lines.append(f"- {row}: not scored, references of labels the model does not have: {counts}.")
+        lines += dropped_notes(rows)
         parts.append("\n".join(lines))
     if result["missing"]:
         parts.append("Not in every fold, so not averaged: " + ", ".join(result["missing"]) + ".")

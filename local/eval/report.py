@@ -384,7 +384,7 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         notes += _row_notes(rows, ((provenance or {}).get("tables") or {}).get(test_set, {}).get("rows") or {})
         notes += [f"- {name}: no distribution scores: {row['dist_note']}."
                   for name, row in rows.items() if row.get("dist_note")]
-        notes += _dropped_notes(rows)
+        notes += dropped_notes(rows)
         if notes:
             lines += ["", *notes]
         parts.append("\n".join(lines))
@@ -409,7 +409,7 @@ def _row_notes(rows: Mapping[str, Mapping], made_of: Mapping[str, Mapping]) -> l
     return notes
 
 
-def _dropped_notes(rows: Mapping[str, Mapping]) -> list[str]:
+def dropped_notes(rows: Mapping[str, Mapping]) -> list[str]:
     """Which references were left out of rows because the model has no such class: one line per case."""
     cases: dict[tuple, list[str]] = {}
     for name, row in rows.items():

@@ -10,7 +10,8 @@ from local.bin.folds import main
 
 
 def write_fold(path, ua, dropped=None, note=None):
-    row = {"ua": ua, "wa": ua / 2, "f1": None, "n": 10, "rejected": 1, **({"dropped": dropped} if dropped else {})}
+    row = {"ua": ua, "wa": ua / 2, "f1": None, "n": 10, "rejected": 1, "labels": ["anger", "sadness"],
+           **({"dropped": dropped} if dropped else {})}
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"provenance": {"tables": {"test": {"teacher": {"backend": "offline"}}},
                                                **({"note": note} if note else {})},
@@ -33,6 +34,8 @@ def test_mean_and_sample_std_over_folds(tmp_path, capsys):
     md = capsys.readouterr().out
     assert "| implicit | 63.33 ± 15.28 | 31.67 ± 7.64 | 50.0 / 60.0 / 80.0 | 30 | 3 |" in md
     assert "| paper [published] | 70.5 | – |" in md and "**smoke**" in md and "offline teacher" in md
+    assert ("- implicit: scored on the labels shared with the model (anger, sadness); not scored, 6 utterances of "
+            "the labels it does not have: fear (6).") in md  # the wording of each fold's own table
 
 
 def test_a_missing_fold_is_an_error_not_a_smaller_mean(tmp_path):
