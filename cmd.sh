@@ -1,6 +1,8 @@
 # How stages are launched: on this machine or through Slurm, behind one interface.
-#   ${train_cmd} LOG COMMAND...   (tools/launch.sh documents the options)
-# Pick the backend with `cmd_backend=slurm ./run.sh ...` or edit the default here.
+#   ${train_cmd} | ${cuda_cmd} | ${decode_cmd} [--gpu N] [--cpus C] [--num_nodes M] [--job K] LOG COMMAND...
+# (tools/launch.sh documents the options; run.sh gives them from --ngpu, --nproc, --num_nodes and --nj).
+# Pick the backend with `cmd_backend=slurm ./run.sh ...` or edit the default here; Slurm jobs take their
+# partition, memory and time from conf/slurm.conf (the recipe's own when it has one).
 cmd_backend=${cmd_backend:-local}
 
 case "${cmd_backend}" in
@@ -10,10 +12,11 @@ case "${cmd_backend}" in
     export decode_cmd="${MAIN_ROOT}/tools/launch.sh --backend local"
     ;;
   slurm)
-    # Edit partitions and resources for your cluster.
-    export train_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --partition cpu --mem 16G"
-    export cuda_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --partition gpu --gpu 1 --mem 64G"
-    export decode_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --partition gpu --gpu 1 --mem 32G"
+    slurm_conf=${MAIN_ROOT}/conf/slurm.conf
+    [ ! -f conf/slurm.conf ] || slurm_conf=$(pwd)/conf/slurm.conf
+    export train_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --config ${slurm_conf} --kind cpu"
+    export cuda_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --config ${slurm_conf} --kind gpu"
+    export decode_cmd="${MAIN_ROOT}/tools/launch.sh --backend slurm --config ${slurm_conf} --kind gpu"
     ;;
   *)
     echo "cmd.sh: unknown cmd_backend '${cmd_backend}' (local | slurm)" >&2

@@ -45,7 +45,9 @@ force=false           # re-run stages even when their records say they are up to
 corpus=${EMOREASON_RECIPE}  # set by egs/<corpus>/run.sh
 system=c2ser          # c2ser | cogaudio | ambiguity | reasoning
 nj=2                  # parallel processes for the data stages, and baselines trained at once on CPU
-ngpu=0                # GPUs for training and decoding (0 = CPU)
+ngpu=0                # GPUs per node for training and decoding; 0: every stage on the CPU
+nproc=""              # processes per node of a training stage (torchrun) and decoding jobs; empty: --ngpu, or 1 on CPU
+num_nodes=1           # nodes of a training stage (multi-node needs cmd_backend=slurm: srun + torchrun rendezvous)
 python=python3        # the interpreter of tools/venv (path.sh puts it first on PATH)
 train_set=train       # data/<train_set>: training data; attribute statistics come from it
 dev_set=dev           # data/<dev_set>: validation data
@@ -123,6 +125,12 @@ for s in ${skip_stages}; do
 done
 { is_int "${nj}" && [ "${nj}" -ge 1 ]; } || die "--nj must be a whole number of processes >= 1, not '${nj}'"
 is_int "${ngpu}" || die "--ngpu must be a whole number of GPUs (0 = CPU), not '${ngpu}'"
+[ -n "${nproc}" ] || nproc=$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)
+{ is_int "${nproc}" && [ "${nproc}" -ge 1 ]; } || die "--nproc must be a whole number of processes >= 1, not '${nproc}'"
+[ "${ngpu}" -eq 0 ] || [ "${nproc}" -eq "${ngpu}" ] || die "--nproc ${nproc} with --ngpu ${ngpu}: one process per GPU"
+{ is_int "${num_nodes}" && [ "${num_nodes}" -ge 1 ]; } || die "--num_nodes must be a whole number >= 1, not '${num_nodes}'"
+[ "${num_nodes}" -eq 1 ] || [ "${cmd_backend:-local}" = slurm ] || die "--num_nodes ${num_nodes} needs a scheduler \
+to place the nodes: cmd_backend=slurm (cmd.sh)"
 [ -z "${fold}" ] || [[ "${fold}" =~ ^[A-Za-z0-9_]+$ ]] || die "--fold must be a fold name of corpus.folds, not '${fold}'"
 
 # A test set given as a path (or as name=path) is a user's data dir, and read-only: stage 0 copies it into
@@ -176,6 +184,10 @@ fi
 "${main_root}/tools/install.sh"
 . "${main_root}/path.sh"
 . "${main_root}/cmd.sh"
+if [ "${ngpu}" -eq 0 ]; then  # nothing asks for a GPU: the GPU jobs' command is the CPU one
+  cuda_cmd=${train_cmd}
+  decode_cmd=${train_cmd}
+fi
 
 # A fold loop runs this script once per fold, each in its own data, dump and exp roots, and then
 # reports the mean ± std over the folds (as EmoBox does).
@@ -210,8 +222,9 @@ mkdir -p "${exp_root}/log"
 test_list="[$(echo ${test_sets} | tr ' ' ',')]"
 all_sets="${train_set} ${dev_set} ${test_sets}"
 # Overrides every stage gets: the corpus config, the recipe's sizes and budgets, and the data layout.
+device=$([ "${ngpu}" -gt 0 ] && echo cuda || echo cpu)  # every stage's device follows --ngpu, never a guess
 common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_root=${exp_root} \
-train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj}"
+train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj} device=${device}"
 [ -n "${fold}" ] && common_args+=" corpus.fold=${fold}"
 common_args+="${imports}"
 if [ -z "${recipe}" ] && { [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; }; then
@@ -220,16 +233,56 @@ fi
 [ -n "${recipe}" ] && common_args+=" recipe=${recipe}"
 experiment_args="experiment=${system}"
 
-# run_stage N NAME TAG MODULE ARGS... : stage N runs `python -m MODULE ARGS` (logged in
-# exp/log/N.NAME.TAG.log) unless its records say it is up to date for these ARGS: made from the
+# How a stage's command is launched (cmd.sh: on this machine or through Slurm), by kind:
+#   data LOG MODULE ARGS      one process with --nj workers, through ${train_cmd}
+#   train LOG MODULE ARGS     ${nproc} processes per node on ${num_nodes} node(s) under torchrun when more than
+#                             one, through ${cuda_cmd} --gpu ${ngpu}
+#   single LOG MODULE ARGS    one process, on one GPU when --ngpu > 0
+#   decode LOG MODULE ARGS    ${nproc} x ${num_nodes} jobs at once, each one GPU's (or CPU process') part of every
+#                             test set, then one that merges the parts into what a single job writes
+launch_data() {
+  local logf=$1 module=$2; shift 2
+  ${train_cmd} --cpus "${nj}" "${logf}" ${python} -m "${module}" "$@"
+}
+launch_train() {
+  local logf=$1 module=$2; shift 2
+  if [ $((nproc * num_nodes)) -eq 1 ]; then
+    ${cuda_cmd} --gpu "${ngpu}" "${logf}" ${python} -m "${module}" "$@"
+  else
+    ${cuda_cmd} --gpu "${ngpu}" --cpus "${nproc}" --num_nodes "${num_nodes}" "${logf}" \
+      "${main_root}/tools/torchrun.sh" "${nproc}" "${num_nodes}" -m "${module}" "$@"
+  fi
+}
+launch_single() {  # one process, on one GPU when there are any (the probe's feature extraction)
+  local logf=$1 module=$2; shift 2
+  ${cuda_cmd} --gpu $((ngpu > 0 ? 1 : 0)) "${logf}" ${python} -m "${module}" "$@"
+}
+launch_decode() {
+  local logf=$1 module=$2 jobs=$((nproc * num_nodes)) gpu=$((ngpu > 0 ? 1 : 0)) k pids=() failed=0; shift 2
+  if [ "${jobs}" -eq 1 ]; then
+    ${decode_cmd} --gpu "${gpu}" "${logf}" ${python} -m "${module}" "$@"
+    return
+  fi
+  for k in $(seq 1 "${jobs}"); do
+    ${decode_cmd} --gpu "${gpu}" --job "${k}" "${logf%.log}.${k}.log" \
+      ${python} -m "${module}" "$@" decode.num_jobs="${jobs}" decode.job="${k}" &
+    pids+=($!)
+  done
+  for k in "${pids[@]}"; do wait "${k}" || failed=$((failed + 1)); done
+  [ "${failed}" -eq 0 ] || { log "Error: ${failed} of ${jobs} decoding jobs failed; see ${logf%.log}.*.log"; return 1; }
+  ${train_cmd} "${logf}" ${python} -m "${module}" "$@" decode.num_jobs="${jobs}"
+}
+
+# run_stage N NAME TAG KIND MODULE ARGS... : stage N runs `python -m MODULE ARGS` through launch_KIND (logged
+# in exp/log/N.NAME.TAG.log) unless its records say it is up to date for these ARGS: made from the
 # same values of the config keys it reads and the same content of its inputs (local/bin/stages.py).
 # A stage that runs changes what the next ones read, so they run too; one that writes the same
 # bytes again leaves them up to date.
 ran_dir=$(mktemp -d)
 trap 'rm -rf "${ran_dir}"' EXIT
 run_stage() {
-  local n=$1 name=$2 tag=$3 module=$4 why
-  shift 4
+  local n=$1 name=$2 tag=$3 kind=$4 module=$5 why
+  shift 5
   if [ ${stage} -gt "${n}" ] || [ ${stop_stage} -lt "${n}" ] || [[ " ${skip_stages} " == *" ${n} "* ]]; then
     return 0
   fi
@@ -243,30 +296,30 @@ run_stage() {
     echo "${why}" | sed 's/^/    /'
   fi
   log "Stage ${n} (${name}, ${tag}): ${python} -m ${module} $*"
-  ${train_cmd} "${exp_root}/log/${n}.${name}.${tag}.log" ${python} -m "${module}" "$@"
+  "launch_${kind}" "${exp_root}/log/${n}.${name}.${tag}.log" "${module}" "$@"
   touch "${ran_dir}/${name}"
 }
 
 # shellcheck disable=SC2086  # the *_args are word lists of Hydra overrides
-run_stage 0 prepare data local.bin.prepare ${common_args} ${prepare_args}
+run_stage 0 prepare data data local.bin.prepare ${common_args} ${prepare_args}
 if [ -e "${ran_dir}/prepare" ]; then  # stage 0 ran just now
   # Report, don't fail: stage 1 repairs what it can and rejects the rest by name.
   for s in ${all_sets}; do
     ${python} -m local.bin.validate --report --any-labels "${data_root}/${s}" || true
   done
 fi
-run_stage 1 format data local.bin.format ${common_args} ${format_args}
-run_stage 2 attributes data local.bin.attributes ${common_args} ${attributes_args}
-run_stage 3 targets data local.bin.targets ${common_args} ${targets_args}
-run_stage 4 shards data local.bin.shards ${common_args} ${shards_args}
+run_stage 1 format data data local.bin.format ${common_args} ${format_args}
+run_stage 2 attributes data data local.bin.attributes ${common_args} ${attributes_args}
+run_stage 3 targets data data local.bin.targets ${common_args} ${targets_args}
+run_stage 4 shards data data local.bin.shards ${common_args} ${shards_args}
 if [ ${stop_stage} -ge 1 ] && [ ${stage} -le 4 ]; then
   ${python} -m local.bin.summary --data_root "${data_root}" --dump_root "${dump_root}" ${all_sets}
 fi
-run_stage 5 pretrain e2vs local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
+run_stage 5 pretrain e2vs train local.bin.pretrain ${common_args} ${experiment_args} ${pretrain_args}
 if ${e2v_table}; then  # C²SER Table V: Emotion2Vec-S vs -F (no L_cate) vs the untrained init, by linear probe
-  run_stage 5 pretrain e2vf local.bin.pretrain ${common_args} ${experiment_args} pretrain.lambda_cate=0 \
+  run_stage 5 pretrain e2vf train local.bin.pretrain ${common_args} ${experiment_args} pretrain.lambda_cate=0 \
     "pretrain.exp_dir=${exp_root}/e2vf" ${pretrain_args}
-  run_stage 5 probe probe local.bin.probe ${common_args} ${experiment_args} ${probe_args}
+  run_stage 5 probe probe single local.bin.probe ${common_args} ${experiment_args} ${probe_args}
   if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ ! -e "${ran_dir}/probe" ]; then
     cat "${exp_root}/probe/results.md"  # the probe printed it when it ran
   fi
@@ -277,12 +330,12 @@ run_experiment() {
   local variant=$1 exp_name=${system} variant_args="" args
   if [ "${variant}" != main ]; then exp_name=${system}_${variant}; variant_args="baseline=${variant}"; fi
   args="${common_args} ${experiment_args} ${variant_args}"
-  run_stage 6 sft "${exp_name}" local.bin.sft ${args} ${sft_args}
-  run_stage 7 distill "${exp_name}" local.bin.distill ${args} ${distill_args}
-  run_stage 8 rl "${exp_name}" local.bin.rl ${args} ${rl_args}
-  run_stage 9 decode "${exp_name}" local.bin.decode ${args} ${decode_args}
+  run_stage 6 sft "${exp_name}" train local.bin.sft ${args} ${sft_args}
+  run_stage 7 distill "${exp_name}" train local.bin.distill ${args} ${distill_args}
+  run_stage 8 rl "${exp_name}" train local.bin.rl ${args} ${rl_args}
+  run_stage 9 decode "${exp_name}" decode local.bin.decode ${args} ${decode_args}
 }
-# Experiments run on CPU ${nj} at a time, each a single-threaded process on its own core; on GPUs
+# Experiments run on CPU nj / nproc at a time, each process single-threaded on its own core; on GPUs
 # one after another.  A baseline that starts from the system's models names the system's exp dir
 # in its config (conf/baseline/<name>.yaml: ${exp_root}/${system}/...) and waits for the system;
 # the others run beside it.  Each runs in its own process group (set -m), so that an interrupt
@@ -302,7 +355,7 @@ later=""
 for variant in ${baselines}; do
   if needs_system "${variant}"; then later+=" ${variant}"; else first+=" ${variant}"; fi
 done
-parallel=$([ "${ngpu}" -eq 0 ] && echo "${nj}" || echo 1)
+parallel=$([ "${ngpu}" -eq 0 ] && echo $(( nj > nproc ? nj / nproc : 1 )) || echo 1)  # each takes ${nproc} cores
 failed=0
 set -m
 trap 'trap - INT TERM; for p in $(jobs -p); do kill -TERM -- "-${p}" 2>/dev/null || true; done; exit 130' INT TERM
@@ -323,7 +376,7 @@ if [ ${failed} -gt 0 ]; then
   exit 1
 fi
 baseline_list="[$(echo ${baselines} | tr ' ' ',')]"
-run_stage 10 score "${system}" local.bin.score ${common_args} ${experiment_args} "baselines=${baseline_list}" ${score_args}
+run_stage 10 score "${system}" data local.bin.score ${common_args} ${experiment_args} "baselines=${baseline_list}" ${score_args}
 if [ ${stop_stage} -ge 10 ] && [ ! -e "${ran_dir}/score" ] && [ -f "${exp_root}/${system}/results.md" ]; then
   cat "${exp_root}/${system}/results.md"  # stage 10 printed it when it ran
 fi

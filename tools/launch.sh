@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # One launcher for every backend (cmd.sh picks one):
-#   launch.sh [--backend local|slurm] [--gpu N] [--mem M] [--time T] [--partition P] LOG COMMAND...
-# Runs COMMAND, shows its output and keeps it in LOG, and exits with COMMAND's status.
-# local: runs here (--gpu only sets CUDA_VISIBLE_DEVICES when unset).  slurm: one srun job.
+#   launch.sh [--backend local|slurm] [--gpu N] [--cpus C] [--num_nodes M] [--job K] LOG COMMAND...
+# Runs COMMAND, shows its output and keeps it in LOG, and exits with COMMAND's status; a failure names LOG.
+#   local: runs here.  --gpu N gives it N of the visible GPUs (CUDA_VISIBLE_DEVICES): the K-th N of them
+#          for --job K, so that the decoding jobs of run.sh --ngpu N each get their own.
+#   slurm: one srun job step (an allocation of its own when run outside one) with --gres gpu:N,
+#          --cpus-per-task C, --nodes M with one task per node, and the options of its kind (--kind cpu|gpu)
+#          from --config (conf/slurm.conf: partition, memory, time).  srun waits for the job, so the stage
+#          ends when the job does and its log lands in LOG.
 set -euo pipefail
 
 backend=local   # local | slurm
-gpu=0           # GPUs the job needs
-mem=""          # memory, e.g. 16G (slurm)
-time=""         # time limit, e.g. 24:00:00 (slurm)
-partition=""    # partition (slurm)
+gpu=0           # GPUs the job needs (per node)
+cpus=1          # CPU cores the job needs (per node)
+num_nodes=1     # nodes (slurm; one task per node, e.g. torchrun)
+job=1           # which of several jobs this is (local: picks its GPUs)
+kind=cpu        # slurm: the line of --config whose options the job gets (cpu | gpu)
+config=""       # slurm: the options of each kind, e.g. conf/slurm.conf
 . "$(dirname "${BASH_SOURCE[0]}")/parse_options.sh"
 
 if [ $# -lt 2 ]; then
@@ -30,18 +37,28 @@ run_logged() {
 
 case "${backend}" in
   local)
-    if [ "${gpu}" -gt 0 ] && [ -z "${CUDA_VISIBLE_DEVICES:-}" ]; then
-      CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((gpu - 1)))
+    if [ "${gpu}" -gt 0 ]; then
+      IFS=, read -r -a visible <<< "${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((gpu * job - 1)))}"
+      first=$(( (job - 1) * gpu ))
+      if [ $((first + gpu)) -gt ${#visible[@]} ]; then
+        echo "$0: job ${job} needs GPUs $((first + 1))-$((first + gpu)), and ${#visible[@]} are visible" >&2
+        exit 1
+      fi
+      CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${visible[*]:first:gpu}")
       export CUDA_VISIBLE_DEVICES
     fi
     run_logged "$@"
     ;;
   slurm)
-    opts=(--job-name "$(basename "${logfile}" .log)" --ntasks 1)
+    opts=(--job-name "$(basename "${logfile}" .log)" --nodes "${num_nodes}" --ntasks-per-node 1
+          --cpus-per-task "${cpus}")
     [ "${gpu}" -gt 0 ] && opts+=(--gres "gpu:${gpu}")
-    [ -n "${mem}" ] && opts+=(--mem "${mem}")
-    [ -n "${time}" ] && opts+=(--time "${time}")
-    [ -n "${partition}" ] && opts+=(--partition "${partition}")
+    if [ -n "${config}" ]; then
+      [ -f "${config}" ] || { echo "$0: no Slurm config ${config}" >&2; exit 1; }
+      line=$(sed -n "s/^${kind}:[[:space:]]*//p" "${config}")
+      # shellcheck disable=SC2206  # the line is a list of srun options
+      opts+=(${line})
+    fi
     run_logged srun "${opts[@]}" "$@"
     ;;
   *)

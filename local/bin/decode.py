@@ -7,6 +7,14 @@ Writes ``<exp_dir>/decode_<set>_<mode>/hyps.jsonl``, ``timing.json`` and ``prove
 ``decode.dist=true`` also ``hyp_dist``, the class-name distribution read after each hypothesis.  How the model
 was trained (each target type's instruction, the transcript in the prompt, the read-out) comes from its own
 ``training.yaml``, never from the live config: ``decode.prompts`` only says which target type a mode asks for.
+
+Split into jobs (one per GPU; run.sh does this with --ngpu N, as ESPnet splits an scp):
+
+    python -m local.bin.decode decode.num_jobs=2 decode.job=1   # and decode.job=2, anywhere, at once
+    python -m local.bin.decode decode.num_jobs=2                # merges the parts, writes the record
+
+Job k decodes the whole batches k, k + N, ... of the one-job plan into ``decode_*/split<N>/<k>/``; the merge
+checks the parts and writes the decode dir one job would have written.
 """
 from __future__ import annotations
 
@@ -16,10 +24,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from local.bin.stages import stage_run
+from local.bin.stages import STAGES, restrict, stage_run
 from local.data.labels import EMOTIONS
-from local.eval.decode import check_model_config, decode_test_set, generation_kwargs, resolve_test_set, \
-    write_decode_dir
+from local.eval.decode import check_model_config, decode_test_set, generation_kwargs, merge_parts, \
+    resolve_test_set, write_decode_dir
 from local.eval.extract import explain
 from local.models import alm
 from local.models.cache import cached_shards
@@ -42,7 +50,8 @@ def trained_instruction(model: alm.AudioLLM, model_dir: Path, mode: str, target:
     return known[target]["text"]
 
 
-def decode_sets(cfg: DictConfig) -> None:
+def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
+    """Decode every test set and mode, or (``part`` = (job, jobs), job from 0) that job's share of each."""
     opts = cfg.decode
     model_dir = decode_model(cfg)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,8 +79,10 @@ def decode_sets(cfg: DictConfig) -> None:
                 model, test_set, text, gen, batch_size=opts.batch_size, max_seconds=opts.max_seconds,
                 features=None if opts.features is None else list(opts.features),
                 num_workers=opts.num_workers, transcript_in_prompt=bool(facts.get("transcript_in_prompt")),
-                readout=readout, speaker_stats=opts.speaker_stats)
+                readout=readout, speaker_stats=opts.speaker_stats, part=part)
             out_dir = decode_dir(cfg, entry, mode)
+            if part[1] > 1:
+                out_dir = out_dir / f"split{part[1]}" / str(part[0] + 1)
             labels = facts.get("labels") or list(EMOTIONS)
             for r in records:  # the rules' reading (stage 10's with score.extract=rules), beside the gold label
                 r["pred"], why = explain(r["hyp"], labels)
@@ -83,7 +94,8 @@ def decode_sets(cfg: DictConfig) -> None:
                 "source": "data" if test_set.shard_dir is None else str(test_set.shard_dir),
                 "model_dir": str(model_dir), "instruction": text, "gen_kwargs": gen,
                 "batch_size": opts.batch_size, "device": device, "speaker_stats": opts.speaker_stats,
-                "readout": facts.get("readout") if opts.dist else None})
+                "readout": facts.get("readout") if opts.dist else None,
+                **({"part": [part[0] + 1, part[1]]} if part[1] > 1 else {})})
             log.info("%s: %d utterances, %.3f s/utt, %.1f tokens/utt, %d rejected -> %s", out_dir.name,
                      timing["n"], timing["sec_per_utt"] or 0, timing["tokens_per_utt"] or 0,
                      timing["rejected"], out_dir)
@@ -91,9 +103,25 @@ def decode_sets(cfg: DictConfig) -> None:
 
 @entry_point
 def main(cfg: DictConfig) -> None:
-    check_model_config(decode_model(cfg), cfg.model, cli_overrides(), own=not cfg.decode.get("model_dir"))
+    jobs, job = int(cfg.decode.num_jobs), cfg.decode.job
+    if jobs < 1 or (job is not None and not 1 <= int(job) <= jobs):
+        raise ValueError(f"decode.job={job} decode.num_jobs={jobs}: a job is a number from 1 to num_jobs")
+    if job is not None and jobs == 1:
+        raise ValueError("decode.job is set but decode.num_jobs is 1: one job decodes everything; drop decode.job")
+    if job is not None:  # one job's part: the merge writes the record, once every part is there
+        check_model_config(decode_model(cfg), cfg.model, cli_overrides(), own=not cfg.decode.get("model_dir"))
+        decode_sets(restrict(cfg, STAGES["decode"]), (int(job) - 1, jobs))
+        return
+    if jobs == 1:
+        check_model_config(decode_model(cfg), cfg.model, cli_overrides(), own=not cfg.decode.get("model_dir"))
     with stage_run(cfg, "decode") as run:
-        decode_sets(run.cfg)
+        if jobs == 1:
+            decode_sets(run.cfg)
+            return
+        for entry in run.cfg.test_sets:
+            for mode in run.cfg.decode.modes:
+                merge_parts(decode_dir(run.cfg, entry, mode), jobs)
+                log.info("%s: merged the parts of %d jobs", decode_dir(run.cfg, entry, mode), jobs)
 
 
 if __name__ == "__main__":

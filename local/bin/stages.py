@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from local.utils.digest import RECORD, path_digest, source_digest, value_digest
+from local.utils.distributed import rank_and_world
 from local.utils.paths import (all_sets, baseline_rows, decode_dir, decode_model, rl_start_model, set_name,
                                shard_dir)
 from local.utils.provenance import (code_version, config_changes, describe_code, drop_secrets, flatten, read_json,
@@ -53,8 +54,10 @@ from local.utils.provenance import (code_version, config_changes, describe_code,
 
 PLUMBING = ("data_root", "dump_root", "exp_root", "train_set", "dev_set", "test_sets", "nj", "exp_name", "system",
             "corpus.name")
+# Keys that say how a stage runs, not what it makes: where (device), in how many processes or jobs.  N ranks
+# train on one process's batches (local/data/loader.py, split="rows") and N decoding jobs decode one job's.
 VOLATILE = frozenset({"nj", "progress", "log_every", "wandb", "keep_last", "save_every", "cache", "workers",
-                      "timeout", "max_retries", "backoff", "api_key_env", "force"})
+                      "timeout", "max_retries", "backoff", "api_key_env", "force", "device", "num_jobs", "job"})
 IN_PLACE = ("prepare", "format", "attributes", "targets")  # the ledger's order
 _ABSENT = object()
 
@@ -380,6 +383,8 @@ def stage_run(cfg: DictConfig, name: str) -> Iterator[StageRun]:
     record = {"stage": name, "key": key, "config": config, "inputs": inputs, "code": code_version(),
               "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     yield StageRun(restrict(cfg, stage), key, record)
+    if rank_and_world()[0] != 0:
+        return  # under torchrun rank 0 alone writes the records, once its outputs are whole
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     for d in record_dirs:
         outputs = {str(p): path_digest(p) for p in stage.outputs(cfg, d)}

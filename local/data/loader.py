@@ -28,6 +28,17 @@ all its utterances have been read, keeping only samples that a pending batch
 needs; the shuffle and sort buffers bound that memory, which is why shuffling
 is a buffer and not a permutation of the whole epoch.
 
+``split`` says what a rank's share is.  ``"shards"`` (above) reads each shard
+on one rank only: the cheapest reading, and what pre-training on a large
+corpus wants.  ``"rows"`` (ESPnet's way) plans the epoch as one process would
+and gives rank r the rows r, r + world_size, ... of every batch: ``batch_size``
+is then the global batch, and N processes train on exactly the batches one
+process would (a batch with fewer rows than ranks is left out on every rank,
+and counted in ``skipped``).  ``"batches"`` gives rank r the whole batches r,
+r + world_size, ... of the one-process plan: decoding jobs split this way give
+the hypotheses of one job, batch for batch.  In both, every rank reads every
+shard, skipping by seek the samples it does not need.
+
 Because the plan is a pure function of (manifest, seed, epoch, rank,
 world_size, num_workers), a position is just (epoch, batches yielded): on
 resume each worker works out how many of its own batches the DataLoader had
@@ -58,6 +69,7 @@ from local.data.shards import load_manifest
 log = logging.getLogger(__name__)
 
 Batch = list[str]  # utterance ids
+SPLITS = ("shards", "rows", "batches")  # what a rank's share of an epoch is (module doc)
 
 
 # --- planning -----------------------------------------------------------------
@@ -248,11 +260,13 @@ class ShardDataset(IterableDataset):
                  max_seconds: float | None = None, bucket_size: int | None = 256,
                  shuffle: bool = True, shuffle_buffer: int = 512, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, uneven: str = "pad",
-                 load_audio: bool = True, features: Sequence[str] = ()):
+                 split: str = "shards", load_audio: bool = True, features: Sequence[str] = ()):
         if batch_size is None and max_seconds is None:
             raise ValueError("give batch_size, max_seconds or both")
         if uneven not in ("pad", "drop"):
             raise ValueError(f"uneven must be 'pad' or 'drop', not '{uneven}'")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not '{split}'")
         ddp = dist.is_available() and dist.is_initialized()
         if rank is None:
             rank = dist.get_rank() if ddp else 0
@@ -266,12 +280,15 @@ class ShardDataset(IterableDataset):
         n_shards = len(self.manifest["shards"])
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        if n_shards < world_size:
+        if split == "shards" and n_shards < world_size:
             raise ValueError(f"{shard_dir}: {n_shards} shard(s) cannot feed {world_size} ranks; "
                              "re-run stage 4 with a smaller max_shard_size")
         self.batch_size, self.max_seconds, self.bucket_size = batch_size, max_seconds, bucket_size
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
-        self.rank, self.world_size, self.uneven = rank, world_size, uneven
+        self.rank, self.world_size, self.uneven, self.split = rank, world_size, uneven, split
+        # whose shards a rank streams: its own ("shards"), or all of them, as rank 0 of 1 would
+        self._reader, self._readers = (rank, world_size) if split == "shards" else (0, 1)
+        self.skipped = 0  # batches of this epoch with fewer rows than ranks ("rows")
         self.load_audio, self.features = load_audio, tuple(features)
         self.epoch, self.start = 0, 0
         # utterances of each shard, in shard order, with their durations
@@ -292,7 +309,7 @@ class ShardDataset(IterableDataset):
         order = np.arange(len(self._shard_utts))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(order)
-        return [int(i) for i in order[rank::self.world_size][worker::num_workers]]
+        return [int(i) for i in order[rank::self._readers][worker::num_workers]]
 
     def _stream_batches(self, epoch: int, rank: int, worker: int, num_workers: int) -> list[Batch]:
         items = (item for i in self.worker_shards(epoch, rank, worker, num_workers)
@@ -306,6 +323,19 @@ class ShardDataset(IterableDataset):
     def plan(self, epoch: int, num_workers: int) -> list[list[Batch]]:
         """This rank's batches of ``epoch``, one list per DataLoader worker, after equalising."""
         key = (epoch, num_workers)
+        if key not in self._plans and self.split != "shards":
+            whole = [self._stream_batches(epoch, 0, w, num_workers) for w in range(num_workers)]
+            r, n = self.rank, self.world_size
+            if self.split == "rows":
+                self.skipped = sum(len(b) < n for batches in whole for b in batches)
+                if self.skipped and r == 0:
+                    log.warning("%s: %d batch(es) of epoch %d have fewer utterances than the %d ranks; left out "
+                                "on every rank", self.shard_dir, self.skipped, epoch, n)
+                mine = [[b[r::n] for b in batches if len(b) >= n] for batches in whole]
+            else:  # "batches": the one-process order is worker-major round robin
+                mine = [[b for j, b in enumerate(batches) if (j * num_workers + w) % n == r]
+                        for w, batches in enumerate(whole)]
+            self._plans = {key: mine}
         if key not in self._plans:
             totals = []
             for rank in range(self.world_size):
@@ -330,7 +360,7 @@ class ShardDataset(IterableDataset):
         # plan's worker whose turn is next, the others follow in cyclic order.
         role = (worker + next_worker(counts, self.start)) % num_workers
         skip = round_robin_taken(counts, self.start)[role]
-        shards = self.worker_shards(self.epoch, self.rank, role, num_workers)
+        shards = self.worker_shards(self.epoch, self._reader, role, num_workers)
         yield from self._read(plan[role][skip:], shards)
 
     def _read(self, batches: list[Batch], shards: list[int]) -> Iterator[dict]:

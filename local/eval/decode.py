@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ from local.utils.provenance import flatten
 log = logging.getLogger(__name__)
 
 HYPS, TIMING, HYP_DIST = "hyps.jsonl", "timing.json", "hyp_dist"
+# what every job of a split decode must share (the rest of timing.json is each job's own count and time)
+PART_SETTINGS = ("set", "mode", "target", "labels", "data_dir", "source", "model_dir", "instruction", "gen_kwargs",
+                 "batch_size", "speaker_stats", "readout")
 SOURCES = ("auto", "shards", "data")
 
 
@@ -155,7 +159,8 @@ class DataDirBatches:
     kept in ``rejected`` (utt -> reason).
     """
 
-    def __init__(self, data_dir: Path | str, batch_size: int | None, max_seconds: float | None = None):
+    def __init__(self, data_dir: Path | str, batch_size: int | None, max_seconds: float | None = None,
+                 part: tuple[int, int] = (0, 1)):
         self.data_dir = Path(data_dir)
         data = load_decode_dir(self.data_dir)
         self.records = _records(data, None)
@@ -163,7 +168,11 @@ class DataDirBatches:
                                          for u, r in self.records.items() if r["source"] is None}
         self.utts = [u for u in data.utts if u not in self.rejected]
         durs = [(u, self._duration(data, u)) for u in self.utts]
-        self.plan = list(bucket_batches(durs, len(durs), batch_size, max_seconds, None))
+        job, jobs = part  # a decoding job's part: the batches job, job + jobs, ... of the whole plan
+        if job:
+            self.rejected = {}  # the utterances without audio are job 0's to report
+        self.plan = list(bucket_batches(durs, len(durs), batch_size, max_seconds, None))[job::jobs]
+        self.utts = [u for batch in self.plan for u in batch]
 
     def _duration(self, data: DataDir, utt: str) -> float:
         try:
@@ -208,23 +217,27 @@ def load_decode_dir(path: Path) -> DataDir:
 
 
 def open_batches(test_set: TestSet, model: AudioLLM, batch_size: int | None, max_seconds: float | None = None,
-                 features: Sequence[str] | None = None, num_workers: int = 0
+                 features: Sequence[str] | None = None, num_workers: int = 0, part: tuple[int, int] = (0, 1)
                  ) -> tuple[Iterable[dict], list[str]]:
-    """(batches, the utterance ids they must cover) of a test set.
+    """(batches, the utterance ids they must cover) of a test set, or of job ``part[0]`` of ``part[1]``: the
+    whole batches part[0], part[0] + part[1], ... of the one-job plan.
 
     ``features`` names cached shard features to read instead of running the
     encoders; None takes every feature the model uses that the shards hold.
     """
     if test_set.shard_dir is None:
-        source = DataDirBatches(test_set.data_dir, batch_size, max_seconds)
+        source = DataDirBatches(test_set.data_dir, batch_size, max_seconds, part)
         return source, source.utts
     manifest = load_manifest(test_set.shard_dir)
     if features is None:
         features = [n for n in model.feature_names() if n in manifest["features"]]
+    job, jobs = part
     loader = ShardLoader(test_set.shard_dir, batch_size=batch_size, max_seconds=max_seconds, shuffle=False,
-                         rank=0, world_size=1, num_workers=num_workers, features=list(features),
-                         load_audio=not set(model.feature_names()) <= set(features))
-    return loader, list(manifest["utts"])
+                         rank=job, world_size=jobs, split="batches", num_workers=num_workers,
+                         features=list(features), load_audio=not set(model.feature_names()) <= set(features))
+    if jobs == 1:
+        return loader, list(manifest["utts"])
+    return loader, [u for batches in loader.dataset.plan(0, max(num_workers, 1)) for b in batches for u in b]
 
 
 # --- decoding ------------------------------------------------------------------------
@@ -286,20 +299,21 @@ def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kw
                     batch_size: int | None, max_seconds: float | None = None,
                     features: Sequence[str] | None = None, num_workers: int = 0,
                     transcript_in_prompt: bool = False, readout: Readout | None = None,
-                    speaker_stats: bool = True) -> tuple[list[dict], dict]:
+                    speaker_stats: bool = True, part: tuple[int, int] = (0, 1)) -> tuple[list[dict], dict]:
     """:func:`decode` over a test set, checked to cover each of its readable utterances exactly once.
 
     With per-speaker normalisation, each test speaker's statistics come from that speaker's utterances in
     the test set itself (its unlabelled audio, all of it, before decoding: a transductive choice, as
     Kaldi's per-speaker CMVN makes it); ``speaker_stats=False`` gives every test speaker the training set's
-    global statistics instead, for the row without them.
+    global statistics instead, for the row without them.  ``part`` decodes one job's share (:func:`open_batches`);
+    the speaker statistics still come from the whole set.
     """
     if model.speaker_norm and speaker_stats:
         model.fit_feature_norm(open_batches(test_set, model, batch_size, max_seconds, features, num_workers)[0],
                                speakers=True)
     elif model.speaker_norm:
         model.feature_norm.speakers = {}
-    loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers)
+    loader, expected = open_batches(test_set, model, batch_size, max_seconds, features, num_workers, part)
     records, timing = decode(model, loader, instruction, gen_kwargs, transcript_in_prompt=transcript_in_prompt,
                              readout=readout)
     rejected = getattr(loader, "rejected", {})
@@ -336,6 +350,38 @@ def write_decode_dir(out_dir: Path | str, records: Sequence[Mapping], timing: Ma
     else:
         (out_dir / HYP_DIST).unlink(missing_ok=True)
     write_text_atomic(out_dir / TIMING, json.dumps(dict(timing), indent=2, ensure_ascii=False) + "\n")
+
+
+def merge_parts(out_dir: Path | str, jobs: int) -> None:
+    """Write ``out_dir`` from the parts ``out_dir/split<jobs>/<job>/`` that ``jobs`` decoding jobs wrote, and
+    remove them: every part must be there, made with the same settings, and no utterance in two parts."""
+    out_dir = Path(out_dir)
+    split = out_dir / f"split{jobs}"
+    missing = [str(split / str(k)) for k in range(1, jobs + 1) if not (split / str(k) / TIMING).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: decoding job(s) did not finish: no {TIMING} in {', '.join(missing)}")
+    parts = [read_decode_dir(split / str(k)) for k in range(1, jobs + 1)]
+    same = {k: v for k, v in parts[0][1].items() if k in PART_SETTINGS}
+    for k, (_, timing) in enumerate(parts[1:], 2):
+        other = {key: v for key, v in timing.items() if key in PART_SETTINGS}
+        if other != same or timing.get("part") != [k, jobs]:
+            raise ValueError(f"{split / str(k)}: made with other settings than {split / '1'} (or another split): "
+                             "re-run every job")
+    records = [r for recs, _ in parts for r in recs]
+    seen: set[str] = set()
+    twice = [r["utt"] for r in records if r["utt"] in seen or seen.add(r["utt"])]
+    if twice:
+        raise ValueError(f"{split}: utterance(s) {twice[:3]} decoded by two jobs")
+    timings = [t for _, t in parts]
+    n = sum(t["n"] for t in timings)
+    seconds = sum(t["seconds"] for t in timings)
+    timing = {**same, "n": n, "seconds": seconds, "sec_per_utt": seconds / n if n else None,
+              "tokens_per_utt": sum(r["n_tokens"] for r in records) / n if n else None,
+              "rejected": sum(t["rejected"] for t in timings), "jobs": jobs}
+    if any("readout_seconds" in t for t in timings):
+        timing["readout_seconds"] = sum(t.get("readout_seconds", 0.0) for t in timings)
+    write_decode_dir(out_dir, records, timing)
+    shutil.rmtree(split)
 
 
 def read_hyps(path: Path | str) -> list[dict]:

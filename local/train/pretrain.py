@@ -36,6 +36,7 @@ from local.models.e2v_pretrain import (Emotion2VecPretrainer, PretrainConfig, de
                                        official_decoder_state, official_teacher_state)
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS, load_emotion2vec
 from local.train.loop import Trainer
+from local.utils.distributed import on_main_process
 from local.train.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def run(cfg: DictConfig, fingerprint: str | None = None) -> dict:
     model = build_pretrainer(opts.init, opts.size, objective, opts.init_seed,
                              OmegaConf.to_container(opts.model, resolve=True))
     exp_dir.mkdir(parents=True, exist_ok=True)
-    save_model_dir(model.student, exp_dir / "init")
+    on_main_process(lambda: save_model_dir(model.student, exp_dir / "init"))
 
     loader_opts = OmegaConf.to_container(opts.loader, resolve=True)
     train = shard_loader(opts.train_shards, loader_opts, cfg.seed, shuffle=True)
@@ -167,7 +168,7 @@ def run(cfg: DictConfig, fingerprint: str | None = None) -> dict:
 
     trainer.optimizer.register_step_post_hook(update_teacher)
     metrics = trainer.fit(train, valid)
-    save_model_dir(model.student, exp_dir / "model")
+    on_main_process(lambda: save_model_dir(model.student, exp_dir / "model"))
     decay = ema_decay(int(model.ema_updates), model.config.ema_decay, model.config.ema_end_decay,
                       model.config.ema_anneal_steps)
     log.info("pre-trained %s for %d steps (teacher decay now %.6f): %s", exp_dir, trainer.step, decay,

@@ -1,7 +1,6 @@
 """The process a run lives in: its device, its place in a torchrun process group, its seeds."""
 from __future__ import annotations
 
-import atexit
 import os
 import random
 from typing import Any, Mapping
@@ -9,6 +8,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from local.utils.distributed import join_process_group
 
 
 def seed_everything(seed: int) -> None:
@@ -37,9 +38,7 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    join_process_group("cuda" if cuda else "cpu")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), dev
     return 0, 1, dev

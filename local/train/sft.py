@@ -47,7 +47,7 @@ from transformers import AutoTokenizer
 
 from local.data.labels import EMOTIONS, recipe_labels
 from local.data.loader import ShardLoader
-from local.models.alm import AudioLLM, build_alm, load_alm, save_alm
+from local.models.alm import IGNORE_INDEX, AudioLLM, build_alm, load_alm, save_alm
 from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
@@ -57,6 +57,7 @@ from local.train.loop import Trainer
 from local.train.trainer_config import TrainerConfig, planned_steps
 from local.train.rl.losses import kl_to_target
 from local.utils.digest import value_digest
+from local.utils.distributed import global_mean, main_process_first, on_main_process
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +190,21 @@ class ReadoutSFT(nn.Module):
 
 
 def sft_loss(model: nn.Module, batch: Mapping, kl_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """(CE + λ·KL, {"ce", "kl"}) through a :class:`ReadoutSFT`; (CE, {}) through the audio LLM when λ is 0."""
+    """(CE + λ·KL, {"ce", "kl"}) through a :class:`ReadoutSFT`; (CE, {}) through the audio LLM when λ is 0.
+
+    Under torchrun each rank holds a slice of the global batch: the CE is a mean over all ranks' target
+    tokens and the KL over all ranks' utterances (:func:`global_mean`), as one process would compute them."""
     if not kl_weight:
-        return model(batch).loss, {}
+        out = model(batch)
+        return global_mean(out.loss, target_tokens(out.labels)), {}
     out, kl = model(batch)
-    return out.loss + kl_weight * kl, {"ce": out.loss.detach(), "kl": kl.detach()}
+    ce, kl = global_mean(out.loss, target_tokens(out.labels)), global_mean(kl, len(out.labels))
+    return ce + kl_weight * kl, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def target_tokens(labels: torch.Tensor) -> int:
+    """The tokens a causal LM's loss averages over: those with a label, less the first position."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 # --- what a stage runs --------------------------------------------------------------
@@ -215,27 +226,30 @@ def make_tokenizer(cfg: DictConfig, stage: DictConfig):
         return None
     texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl", recipe_labels(cfg.corpus))
     path = Path(stage.exp_dir).parent / f"tokenizer_{value_digest([texts, stage.tokenizer_vocab])[:12]}"
-    if not (path / "tokenizer.json").exists():
-        tok = train_tokenizer(texts, vocab_size=stage.tokenizer_vocab)
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(tmp)
-        tmp.rename(path)
+    with main_process_first():
+        if not (path / "tokenizer.json").exists():
+            tok = train_tokenizer(texts, vocab_size=stage.tokenizer_vocab)
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tok.save_pretrained(tmp)
+            tmp.rename(path)
     return AutoTokenizer.from_pretrained(path)
 
 
-def shard_loader(model, cfg: DictConfig, split: str, batch_size: int, shuffle: bool, **kwargs) -> ShardLoader:
-    """A loader of ``split`` with the model's frozen-encoder cache (written here the first time), audio
+def shard_loader(model, cfg: DictConfig, set_name: str, batch_size: int, shuffle: bool, **kwargs) -> ShardLoader:
+    """A loader of the set ``set_name`` with the model's frozen-encoder cache (written here the first time), audio
     decoded only when some encoder runs on the fly; ``kwargs`` go to the ShardLoader."""
-    shard_dir, names = cached_shards(model, cfg, split)
+    with main_process_first():
+        shard_dir, names = cached_shards(model, cfg, set_name)
     return ShardLoader(shard_dir, batch_size=batch_size, features=names, seed=cfg.seed, shuffle=shuffle,
                        load_audio=not set(model.feature_names()) <= set(names), **kwargs)
 
 
 def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader, ShardLoader]:
-    """Train (shuffled) and dev loaders of a training stage."""
-    return (shard_loader(model, cfg, cfg.train_set, batch_size, shuffle=True),
-            shard_loader(model, cfg, cfg.dev_set, batch_size, shuffle=False))
+    """Train (shuffled) and dev loaders of a training stage; under torchrun ``batch_size`` is the global batch,
+    each rank taking its rows of every batch, so N processes train as one would."""
+    return (shard_loader(model, cfg, cfg.train_set, batch_size, shuffle=True, split="rows"),
+            shard_loader(model, cfg, cfg.dev_set, batch_size, shuffle=False, split="rows"))
 
 
 def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
@@ -247,14 +261,14 @@ def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
         return
     if not model.feature_norm.fitted:
         limit = stage.get("norm_batches")
-        model.fit_feature_norm(itertools.islice(shard_loader(model, cfg, cfg.train_set, stage.batch_size, False),
-                                                limit))
+        model.fit_feature_norm(itertools.islice(shard_loader(model, cfg, cfg.train_set, stage.batch_size, False,
+                                                             split="rows"), limit))
         log.info("feature normalisation: statistics of %s from %s batches of %s",
                  ", ".join(model.feature_norm.names), limit or "all", cfg.train_set)
     if model.speaker_norm:
         model.fit_feature_norm(itertools.chain.from_iterable(
-            shard_loader(model, cfg, split, stage.batch_size, False, rank=0, world_size=1)
-            for split in (cfg.train_set, cfg.dev_set)), speakers=True)
+            shard_loader(model, cfg, name, stage.batch_size, False, rank=0, world_size=1)
+            for name in (cfg.train_set, cfg.dev_set)), speakers=True)
 
 
 def readout_facts(stage: DictConfig, labels: Sequence[str]) -> dict | None:
@@ -315,6 +329,6 @@ def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> P
     trainer = Trainer(net, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True),
                       fingerprint=fingerprint)
     trainer.fit(train, valid, valid_fn)
-    save_alm(trainer.module.alm if kl_weight else trainer.module, model_dir)
+    on_main_process(lambda: save_alm(trainer.module.alm if kl_weight else trainer.module, model_dir))
     log.info("saved %s", model_dir)
     return model_dir

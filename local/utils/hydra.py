@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from local.utils.distributed import join_process_group
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
@@ -27,13 +29,19 @@ def entry_point(fn):
     """Turn ``fn(cfg)`` into a Hydra main that still accepts a config when called directly."""
     import hydra
 
+    def joined(cfg: DictConfig):
+        # Started by torchrun: join the process group before the stage does anything, so that what it
+        # writes once (a tokenizer, a feature cache: local.utils.distributed) is written by one rank.
+        join_process_group(str(cfg.get("device") or "cpu"))
+        return fn(cfg)
+
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig | None = None):
         if cfg is not None:
-            return fn(cfg)
+            return joined(cfg)
         if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
             sys.argv[1:1] = _searchpath_override()
-        return hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(fn)()
+        return hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(functools.wraps(fn)(joined))()
 
     return wrapper
 

@@ -225,35 +225,15 @@ CREMA_D_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happin
                  "SAD": "sadness"}
 
 
-def crema_d_votes() -> list:
-    """Every actor has one clip (all 91 are named by the folds), a few two; each a voice-only row, some
-    face and audio-visual rows too; the known-bad silent 1076_MTI_SAD_XX; one tie."""
-    sentences, codes = sorted(CREMA_D_SENTENCES), sorted(CREMA_D_CODES)
-    votes = []
-    for n, actor in enumerate(range(1001, 1092)):
-        code, sentence = codes[n % 6], sentences[n % 12]
-        level = "LO" if sentence == "IEO" and code != "NEU" else "XX"
-        counts = [0] * 6
-        counts[n % 6], counts[(n + 1) % 6] = 6, 2
-        votes.append((f"1{n:05d}", tuple(counts), f"{actor}_{sentence}_{code}_{level}"))
-        if n % 10 == 0:
-            votes.append((f"2{n:05d}", (1, 1, 1, 1, 1, 1), f"{actor}_{sentence}_{code}_{level}"))
-    votes += [("190001", (0, 0, 0, 0, 4, 4), "1001_WSI_SAD_XX"),  # a tie N:S
-              ("390001", (0, 0, 0, 0, 8, 0), "1001_WSI_SAD_XX"),
-              ("190002", (0, 0, 0, 5, 1, 0), "1050_IEO_HAP_HI"),
-              ("190003", (0, 0, 0, 0, 5, 5), "1076_MTI_SAD_XX")]
-    return votes
-
-
 def build_crema_d(root: Path) -> Path:
-    return fake_crema_d.build(root, crema_d_votes(), seconds=SECONDS)
+    return fake_crema_d.build(root, fake_crema_d.every_actor(), seconds=SECONDS)
 
 
 def expect_crema_d() -> Expect:
     sets: dict = {s: {} for s in SETS}
     rejected: dict = {s: {} for s in SETS}
     dists = {}
-    for row, counts, name in crema_d_votes():
+    for row, counts, name in fake_crema_d.every_actor():
         actor, sentence, code, _ = name.split("_")
         which = "test" if int(actor) in CREMA_D_TEST else "dev" if int(actor) in CREMA_D_DEV else "train"
         if name == "1076_MTI_SAD_XX":
@@ -263,7 +243,7 @@ def expect_crema_d() -> Expect:
             dists[name] = {CREMA_D_CODES[c]: v / sum(counts) for c, v in zip(sorted(CREMA_D_CODES), counts) if v}
 
     def damage(db: Path):
-        votes = crema_d_votes()
+        votes = fake_crema_d.every_actor()
         clip = {int(name[:4]): (n, row, name) for n, (row, _, name) in reversed(list(enumerate(votes)))}
         (db / "AudioWAV" / f"{clip[1002][2]}.wav").unlink()  # 1002: test; 1005: dev (fold 1)
         n, row, name = clip[1005]

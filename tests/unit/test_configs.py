@@ -42,3 +42,19 @@ def test_the_mini_recipe_is_the_one_place_for_sizes_and_budgets():
         assert cfg.rl.trainer.lr == cfg.rl.lr_per_algorithm[cfg.rl.algorithm]
         assert cfg.rl.sampling.max_new_tokens == cfg.decode.max_new_tokens[cfg.rl.target]
     assert not (MINI / "experiment").exists()  # no second place for them
+
+
+def test_every_stage_runs_on_the_run_s_device_and_never_guesses():
+    """run.sh sets device from --ngpu; no stage may pick a GPU by itself (decode.device used to be auto)."""
+    def devices(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from ([(f"{path}{k}", v)] if k == "device" else devices(v, f"{path}{k}."))
+
+    for system in ("c2ser", "cogaudio", "ambiguity"):
+        for device in ("cpu", "cuda"):
+            cfg = OmegaConf.to_container(compose([f"experiment={system}", f"device={device}"]), resolve=True)
+            found = dict(devices(cfg))
+            assert {"decode.device", "trainer.device", "probe.device", "e2v_extract.device",
+                    "format.asr.device"} <= set(found)
+            assert set(found.values()) == {device}, (system, found)

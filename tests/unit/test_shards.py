@@ -305,6 +305,45 @@ def test_exactly_once_over_two_ranks_and_two_workers(data_dir, shard_dir):
     assert len(shards[0]) == len(shards[1]) == 2 and not shards[0] & shards[1]
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rows_split_gives_each_rank_its_rows_of_one_process_batches(shard_dir, num_workers):
+    """split="rows" (ESPnet's DDP split): the ranks' batches, put back together, are one process' batches."""
+    kwargs = dict(num_workers=num_workers, batch_size=4, bucket_size=8, shuffle_buffer=6, seed=3)
+    for epoch in (0, 1):
+        one = ShardLoader(shard_dir, **kwargs)
+        one.set_epoch(epoch)
+        whole = [b["utts"] for b in one]
+        ranks = []
+        for r in range(2):
+            loader = ShardLoader(shard_dir, rank=r, world_size=2, split="rows", **kwargs)
+            loader.set_epoch(epoch)
+            ranks.append([b["utts"] for b in loader])
+        assert len(ranks[0]) == len(ranks[1]) == len(whole)
+        for batch, mine, theirs in zip(whole, *ranks):
+            assert mine == batch[0::2] and theirs == batch[1::2]
+
+
+def test_rows_split_leaves_out_batches_smaller_than_the_world_on_every_rank(shard_dir):
+    kwargs = dict(batch_size=3, bucket_size=20, shuffle=False, split="rows")  # 20 = 6 x 3 + 2
+    whole = ShardLoader(shard_dir, batch_size=3, bucket_size=20, shuffle=False)
+    sizes = [len(b["utts"]) for b in whole]
+    ranks = [ShardLoader(shard_dir, rank=r, world_size=3, **kwargs) for r in range(3)]
+    got = [[b["utts"] for b in loader] for loader in ranks]
+    assert sorted(sizes) == [2, 3, 3, 3, 3, 3, 3]
+    assert [len(g) for g in got] == [6, 6, 6] and ranks[0].dataset.skipped == 1
+    assert Counter(u for g in got for b in g for u in b).most_common(1)[0][1] == 1
+
+
+def test_batches_split_gives_each_job_whole_batches_of_the_one_job_plan(shard_dir):
+    kwargs = dict(batch_size=3, shuffle=False)
+    whole = [b["utts"] for b in ShardLoader(shard_dir, **kwargs)]
+    jobs = [[b["utts"] for b in ShardLoader(shard_dir, rank=r, world_size=3, split="batches", **kwargs)]
+            for r in range(3)]
+    assert jobs == [whole[0::3], whole[1::3], whole[2::3]]
+    with pytest.raises(ValueError, match="split must be one of"):
+        ShardLoader(shard_dir, batch_size=3, split="utts")
+
+
 @pytest.mark.parametrize("uneven", ["pad", "drop"])
 def test_uneven_shards_give_every_rank_the_same_number_of_batches(data_dir, tmp_path, uneven):
     write_shards(data_dir, tmp_path / "s", 6)  # 6 6 6 2

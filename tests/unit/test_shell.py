@@ -52,15 +52,70 @@ def test_launcher_logs_and_keeps_exit_status(tmp_path):
     assert bad.returncode == 3 and f"see {log}" in bad.stderr
 
 
-def test_launcher_slurm_backend_calls_srun(tmp_path):
+def fake_commands(tmp_path: Path, *names: str) -> Path:
+    """A bin dir whose ``names`` print their command line instead of running."""
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text('#!/bin/sh\necho "srun $*"\n')
-    (fake / "srun").chmod(0o755)
-    out = subprocess.run(["bash", "-c", f'PATH={fake}:$PATH tools/launch.sh --backend slurm --gpu 2 '
-                          f'--mem 8G {tmp_path}/s.log python train.py'], cwd=ROOT, capture_output=True, text=True)
+    fake.mkdir(exist_ok=True)
+    for name in names:
+        (fake / name).write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        (fake / name).chmod(0o755)
+    return fake
+
+
+def test_launcher_slurm_backend_asks_srun_for_the_resources_of_its_kind(tmp_path):
+    fake = fake_commands(tmp_path, "srun")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# comment\ncpu: --mem 8G --time 1:00:00\ngpu: --partition gpu --mem 64G\n")
+    out = subprocess.run(["bash", "-c", f"PATH={fake}:$PATH tools/launch.sh --backend slurm --config {conf} "
+                          f"--kind gpu --gpu 2 --cpus 4 --num_nodes 3 {tmp_path}/s.log python train.py"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "srun --job-name s --ntasks 1 --gres gpu:2 --mem 8G python train.py"
+    assert out.stdout.strip() == ("srun --job-name s --nodes 3 --ntasks-per-node 1 --cpus-per-task 4 --gres gpu:2 "
+                                  "--partition gpu --mem 64G python train.py")
+    out = subprocess.run(["bash", "-c", f"PATH={fake}:$PATH tools/launch.sh --backend slurm --config {conf} "
+                          f"{tmp_path}/d.log python prep.py"], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == ("srun --job-name d --nodes 1 --ntasks-per-node 1 --cpus-per-task 1 "
+                                  "--mem 8G --time 1:00:00 python prep.py")  # no GPU asked for
+
+
+def test_launcher_gives_each_local_job_its_own_gpus(tmp_path):
+    def visible(*args: str, env: str | None = None) -> subprocess.CompletedProcess:
+        prefix = f"CUDA_VISIBLE_DEVICES={env} " if env is not None else "unset CUDA_VISIBLE_DEVICES; "
+        return subprocess.run(["bash", "-c", f"{prefix}tools/launch.sh {' '.join(args)} {tmp_path}/g.log "
+                               "bash -c 'echo ${CUDA_VISIBLE_DEVICES:-none}'"], cwd=ROOT, capture_output=True,
+                              text=True)
+    assert visible().stdout.strip() == "none"
+    assert visible("--gpu", "1", "--job", "3").stdout.strip() == "2"
+    assert visible("--gpu", "2", "--job", "2", env="4,5,6,7").stdout.strip() == "6,7"
+    too_few = visible("--gpu", "1", "--job", "3", env="0,1")
+    assert too_few.returncode == 1 and "job 3 needs GPUs 3-3, and 2 are visible" in too_few.stderr
+
+
+def test_torchrun_wrapper_standalone_on_one_node_and_c10d_at_the_first_node_on_several(tmp_path):
+    fake = fake_commands(tmp_path, "python", "scontrol")
+    one = subprocess.run(["bash", "-c", f"PATH={fake}:$PATH tools/torchrun.sh 2 1 -m local.bin.sft a=1"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert one.stdout.strip() == ("python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 "
+                                  "-m local.bin.sft a=1")
+    (fake / "scontrol").write_text("#!/bin/sh\nprintf 'node7\\nnode8\\n'\n")
+    two = subprocess.run(["bash", "-c", f"PATH={fake}:$PATH SLURM_JOB_NODELIST='node[7-8]' SLURM_JOB_ID=42 "
+                          "tools/torchrun.sh 4 2 -m local.bin.sft"], cwd=ROOT, capture_output=True, text=True)
+    assert two.stdout.strip() == ("python -m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "
+                                  "--rdzv_endpoint node7:29500 --rdzv_id 42 -m local.bin.sft")
+    alone = subprocess.run(["bash", "-c", "unset SLURM_JOB_NODELIST; tools/torchrun.sh 4 2 -m x"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert alone.returncode == 1 and "need a Slurm allocation" in alone.stderr
+
+
+def test_run_sh_refuses_bad_parallel_options_before_running_anything(tmp_path):
+    for args, said in ((["--nproc", "0"], "--nproc must be a whole number of processes >= 1, not '0'"),
+                       (["--ngpu", "2", "--nproc", "3"], "--nproc 3 with --ngpu 2: one process per GPU"),
+                       (["--num_nodes", "2"], "--num_nodes 2 needs a scheduler"),
+                       (["--num_nodes", "x"], "--num_nodes must be a whole number >= 1, not 'x'")):
+        out = subprocess.run(["egs/mini_lime/run.sh", *args, "--exp_root", str(tmp_path / "exp")], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and said in out.stderr, (args, out.stderr)
+        assert not (tmp_path / "exp").exists()
 
 
 def test_run_sh_refuses_unbuilt_systems_up_front(tmp_path):

@@ -389,11 +389,12 @@ def test_trainer_configs_compose_and_unknown_keys_fail():
     from local.utils.hydra import compose
 
     group = "trainer" if "trainer" in compose([]) else "+trainer"
-    expected = {"cpu": ("cpu", "none", "ddp"), "gpu": ("cuda", "bf16", "ddp"), "ddp": ("cuda", "bf16", "ddp"),
-                "fsdp": ("cuda", "bf16", "fsdp")}
-    for name, (device, amp, parallel) in expected.items():
-        cfg = TrainerConfig.from_config(compose([f"{group}={name}", "seed=3"]).trainer)
-        assert (cfg.device, cfg.amp, cfg.parallel, cfg.seed, cfg.lr) == (device, amp, parallel, 3, 1e-4)
+    expected = {"cpu": ("none", "ddp"), "gpu": ("bf16", "ddp"), "ddp": ("bf16", "ddp"), "fsdp": ("bf16", "fsdp")}
+    for name, (amp, parallel) in expected.items():
+        for device in ("cpu", "cuda"):  # the run's device (run.sh: from --ngpu), whichever trainer config
+            cfg = TrainerConfig.from_config(compose([f"{group}={name}", "seed=3", f"device={device}"]).trainer)
+            assert (cfg.device, cfg.amp, cfg.parallel, cfg.seed, cfg.lr) == (device, amp, parallel, 3, 1e-4)
+        assert TrainerConfig.from_config(compose([f"{group}={name}"]).trainer).device == "cpu"  # never a guess
     with pytest.raises(ValueError, match="lr_rate"):
         TrainerConfig.from_config({"exp_dir": "x", "lr_rate": 1})
     with pytest.raises(ValueError, match="schedule"):

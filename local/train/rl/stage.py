@@ -52,6 +52,7 @@ from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
 from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
+from local.utils.distributed import on_main_process
 from local.data.labels import recipe_labels
 from local.train.sft import (fit_feature_norm, instruction_for, select_rows, shard_loaders,
                              training_facts)
@@ -405,12 +406,14 @@ def run(cfg: DictConfig, judge=None, fingerprint: str | None = None) -> Path:
     summary["counted_steps"] = [trainer.start_step, trainer.step]
     if judge is not None and hasattr(judge, "stats"):
         summary["judge"] = dict(judge.stats)
-    tmp = summary_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(summary_path)
+    def write_summary():
+        tmp = summary_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(summary_path)
+    on_main_process(write_summary)
     counted = ", ".join(f"{k} {v}" for k, v in sorted(algo.counts.items())) or "nothing dropped"
     if trainer.start_step:
         counted += f" in steps {trainer.start_step}-{trainer.step}: the run resumed at step {trainer.start_step}"
     log.info("dev reward %.4f -> %.4f (%s)", summary["before"]["reward"], summary["after"]["reward"], counted)
-    save_alm(trainer.module, exp_dir / "model")
+    on_main_process(lambda: save_alm(trainer.module, exp_dir / "model"))
     return exp_dir / "model"
