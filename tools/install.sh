@@ -14,24 +14,47 @@ python=${PYTHON:-python3}
 log() { echo "[install] $*"; }
 
 # --- system packages -------------------------------------------------------
-apt_packages=(espeak-ng ffmpeg)
-missing=()
-for pkg in "${apt_packages[@]}"; do
-  command -v "${pkg}" >/dev/null 2>&1 || missing+=("${pkg}")
+# command:package.  --with-slurm adds a single-node Slurm (slurmctld, slurmd, srun, munge) for the Slurm
+# backend's tests (tools/test.sh asks for it); without root or apt it is left out with a warning, and the
+# tests that need it skip saying so.
+with_slurm=false
+for arg in "$@"; do
+  case "${arg}" in
+    --with-slurm) with_slurm=true ;;
+    *) echo "$0: unknown option ${arg} (--with-slurm)" >&2; exit 1 ;;
+  esac
 done
+apt_install() {  # PACKAGE... : returns non-zero when they cannot be installed here
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    log "installing with apt-get: $*"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then
+    log "installing with sudo apt-get: $*"
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    return 1
+  fi
+}
+missing_of() {  # COMMAND:PACKAGE... -> the packages whose command is missing
+  local pair
+  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null 2>&1 || echo "${pair#*:}"; done
+}
+required=(espeak-ng:espeak-ng ffmpeg:ffmpeg)
+mapfile -t missing < <(missing_of "${required[@]}")
 if [ ${#missing[@]} -eq 0 ]; then
-  log "system packages present, skipped: ${apt_packages[*]}"
-elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
-  log "installing with apt-get: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then
-  log "installing with sudo apt-get: ${missing[*]}"
-  sudo apt-get update -qq
-  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-else
+  log "system packages present, skipped: ${required[*]%%:*}"
+elif ! apt_install "${missing[@]}"; then
   log "ERROR: please install ${missing[*]} with your system's package manager" >&2
   exit 1
+fi
+if ${with_slurm}; then
+  slurm=(slurmctld:slurmctld slurmd:slurmd srun:slurm-client munged:munge)
+  mapfile -t missing < <(missing_of "${slurm[@]}")
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "Slurm present, skipped: ${slurm[*]%%:*}"
+  elif ! apt_install "${missing[@]}"; then
+    log "WARNING: could not install ${missing[*]} (no apt-get as root or with sudo); the Slurm tests will skip"
+  fi
 fi
 
 # --- Python environment ----------------------------------------------------

@@ -25,10 +25,11 @@ if [ $# -lt 2 ]; then
 fi
 logfile=$1; shift
 mkdir -p "$(dirname "${logfile}")"
-echo "# $(date '+%Y-%m-%dT%H:%M:%S') $(printf '%q ' "$@")" > "${logfile}"
 
-# Run "$@" with its output on the terminal and in the log; keep its own exit status.
+# Run "$@" with its output on the terminal and in the log (its first line: the command, as run); keep
+# its own exit status.
 run_logged() {
+  echo "# $(date '+%Y-%m-%dT%H:%M:%S') $(printf '%q ' "$@")" > "${logfile}"
   set +e
   "$@" 2>&1 | tee -a "${logfile}"
   status=${PIPESTATUS[0]}

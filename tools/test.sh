@@ -4,7 +4,7 @@
 #   tools/test.sh tests/unit -k kaldi
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"${root}/tools/install.sh"
+"${root}/tools/install.sh" --with-slurm  # the Slurm backend is tested on a real single-node Slurm
 cd "${root}"
 . ./path.sh
 if [ $# -eq 0 ]; then set -- tests; fi

@@ -1,0 +1,71 @@
+"""``cmd_backend=slurm``: every stage submitted to a real single-node Slurm (tests/helpers/slurm.py) makes what
+the local backend makes, a 2-process training stage goes through srun + torchrun, decoding runs as one job per
+part, each job asks for its resources, and a failed job fails its stage naming its log."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import slurm
+from helpers.smoke_recipe import NO_DROPOUT, SFT, build, run, train_losses
+
+ARGS = ["--nproc", "2", "--sft_args", SFT, "--distill_args", NO_DROPOUT, "--decode_args", NO_DROPOUT]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with slurm.start(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+def made(root: Path) -> dict[str, bytes]:
+    """Every file the run made that says what it made (data dirs, shard manifests, hypotheses, tables), with
+    the run's own root written ROOT."""
+    files = {}
+    for pattern in ("data/*/*", "dump/*/shards/manifest.json", "exp/c2ser/decode_*/hyps.jsonl"):
+        for p in sorted(root.glob(pattern)):
+            if p.is_file() and p.name != "provenance.json":
+                files[str(p.relative_to(root))] = p.read_bytes()
+    tables = json.loads((root / "exp/c2ser/results.json").read_text())["tables"]
+    for rows in tables.values():  # the time it took is the one thing that may differ
+        for row in rows.values():
+            row.pop("sec_per_utt", None)
+    files["tables"] = json.dumps(tables).encode()
+    return {k: v.replace(str(root).encode(), b"ROOT") for k, v in files.items()}
+
+
+def test_the_stages_through_slurm_make_what_the_local_backend_makes(cluster, tmp_path):
+    corpus = build(tmp_path / "db")
+    run(corpus, tmp_path / "local", *ARGS)
+    on_slurm = run(corpus, tmp_path / "slurm", *ARGS, env={**cluster, "cmd_backend": "slurm"})
+    local, submitted = made(tmp_path / "local"), made(tmp_path / "slurm")
+    assert len(local) > 40 and local.keys() == submitted.keys()
+    assert [k for k in local if local[k] != submitted[k]] == []
+    sft = "exp/c2ser/sft"
+    want, got = train_losses(tmp_path / "local" / sft), train_losses(tmp_path / "slurm" / sft)
+    assert [s for s, _ in got] == [s for s, _ in want] == list(range(1, 9))
+    assert [x for _, x in got] == pytest.approx([x for _, x in want], rel=1e-6)
+
+    jobs = {j["JobName"]: j for j in slurm.jobs(cluster)}
+    names = ["0.prepare.data", "4.shards.data", "5.pretrain.e2vs", "6.sft.c2ser", "7.distill.c2ser",
+             "9.decode.c2ser.1", "9.decode.c2ser.2", "9.decode.c2ser", "10.score.c2ser"]
+    assert all(jobs[n]["JobState"] == "COMPLETED" for n in names), {n: jobs.get(n, {}).get("JobState") for n in names}
+    assert jobs["6.sft.c2ser"]["NumCPUs"] == "2" and jobs["9.decode.c2ser.1"]["NumCPUs"] == "1"
+    log = (tmp_path / "slurm" / "exp" / "log" / "6.sft.c2ser.log").read_text()
+    first = log.splitlines()[0]
+    assert " srun --job-name 6.sft.c2ser " in first and "tools/torchrun.sh 2 1 -m local.bin.sft" in first
+    assert "world size 2" in log and "--mem 16G" in first  # conf/slurm.conf's cpu line
+    assert "Successfully finished" in on_slurm.stdout
+
+
+def test_a_failed_slurm_job_fails_its_stage_and_names_its_log(cluster, tmp_path):
+    corpus = build(tmp_path / "db")
+    out = run(corpus, tmp_path / "r", "--stop_stage", "0", "--prepare_args", "corpus.no_such_key=1",
+              env={**cluster, "cmd_backend": "slurm"}, check=False)
+    log = tmp_path / "r" / "exp" / "log" / "0.prepare.data.log"
+    assert out.returncode != 0 and f"see {log}" in out.stderr
+    text = log.read_text()
+    assert text.splitlines()[0].split(" ", 2)[2].startswith("srun ") and "corpus.no_such_key" in text
+    failed = [j for j in slurm.jobs(cluster) if j["JobName"] == "0.prepare.data" and j["JobState"] == "FAILED"]
+    assert failed, slurm.jobs(cluster)
