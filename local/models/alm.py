@@ -363,6 +363,8 @@ def load_llm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None
             torch.manual_seed(cfg.get("init_seed", 0))
             lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**ids, **arch}), dtype=dtype)
     fit_embeddings(lm, tokenizer)
+    if cfg.get("gradient_checkpointing"):  # keep each block's input only, recompute the rest in backward
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mode = cfg.get("finetune", "lora")
     if mode not in FINETUNE_MODES:
         raise ValueError(f"model.llm.finetune must be one of {FINETUNE_MODES}, got '{mode}'")

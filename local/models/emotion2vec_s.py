@@ -75,6 +75,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -407,10 +408,12 @@ class Emotion2VecS(nn.Module):
         self.context_norm = None if cfg.layer_norm_first else nn.LayerNorm(
             dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine)
         self.context_dropout = nn.Dropout(cfg.prenet_dropout)
-        rates = torch.linspace(cfg.prenet_start_drop_path_rate, cfg.prenet_end_drop_path_rate, cfg.prenet_depth)
+        # float32 as torch.linspace made them, but on no device: a model built on meta must not read a tensor
+        rates = np.linspace(cfg.prenet_start_drop_path_rate, cfg.prenet_end_drop_path_rate,
+                            cfg.prenet_depth, dtype=np.float32)
         self.context_blocks = nn.ModuleList(Block(cfg, float(r)) for r in rates)
         self.input_dropout = nn.Dropout(cfg.dropout_input)
-        rates = torch.linspace(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth)
+        rates = np.linspace(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth, dtype=np.float32)
         self.blocks = nn.ModuleList(Block(cfg, float(r)) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_affine) \
             if cfg.layer_norm_first else None

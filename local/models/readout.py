@@ -98,7 +98,8 @@ class Readout:
         # the rest of each multi-token name, teacher-forced on the context's KV cache repeated per class
         cache = out.past_key_values
         if cache is None:
-            raise RuntimeError("the LM returned no KV cache (use_cache is off, e.g. gradient checkpointing)")
+            raise RuntimeError("the LM returned no KV cache (use_cache is off, e.g. gradient checkpointing): "
+                               "set model.llm.gradient_checkpointing=false for a read-out of multi-token names")
         n_multi, width, dev = len(multi), max(len(self.name_ids[c]) for c in multi) - 1, embeds.device
         pad = model.tokenizer.pad_token_id or 0
         padded = torch.tensor([self.name_ids[c] + [pad] * (width + 1 - len(self.name_ids[c])) for c in multi],

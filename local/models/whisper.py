@@ -77,7 +77,7 @@ class WhisperFrontend(nn.Module):
     @classmethod
     def build(cls, name_or_path: str | None = None, config: dict | None = None, padding: str = "batch",
               downsample: int = 4, freeze: bool = True, dtype: str = "float32", init_seed: int = 0,
-              pitch: bool = False) -> "WhisperFrontend":
+              pitch: bool = False, gradient_checkpointing: bool = False) -> "WhisperFrontend":
         """From a checkpoint (HF id or ``save_pretrained`` dir) or, with ``name_or_path`` None, a random
         encoder of the ``config`` architecture (seeded, so every stage builds the same one)."""
         torch_dtype = getattr(torch, dtype)
@@ -94,6 +94,8 @@ class WhisperFrontend(nn.Module):
                 torch.manual_seed(init_seed)
                 encoder = WhisperEncoder(wc).to(torch_dtype)
             fe = WhisperFeatureExtractor(feature_size=wc.num_mel_bins)
+        if gradient_checkpointing and not freeze:  # a trained encoder keeps each layer's input only
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         frontend = cls(encoder, fe, padding=padding, downsample=downsample, pitch=pitch)
         frontend.requires_grad_(not freeze)
         return frontend

@@ -352,7 +352,7 @@ def test_e2v_extract_stage_writes_index_and_resumes(data_dir, tiny_dir, tmp_path
 
     conf_file = Path(__file__).resolve().parents[2] / "conf" / "stage" / "e2v_extract.yaml"
     cfg = OmegaConf.create({"data_root": str(data_dir.parent), "dump_root": str(tmp_path / "dump"),
-                            "train_set": data_dir.name, "dev_set": "dev", "test_sets": [],
+                            "train_set": data_dir.name, "dev_set": "dev", "test_sets": [], "device": "cpu",
                             "e2v_extract": OmegaConf.load(conf_file)})
     cfg.e2v_extract.model = str(tiny_dir)
     cfg.e2v_extract.sets = [data_dir.name]
