@@ -457,7 +457,16 @@ def source_digests(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def save_alm(model: AudioLLM, directory: Path | str) -> None:
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors and the feature normalisation's statistics, whole and on the CPU.  Under FSDP
+    the parameters are shards (DTensor): every rank must call this (it gathers them), before rank 0 saves."""
+    state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+             for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.cpu() for n, b in model.named_buffers() if n.startswith("feature_norm.")})
+    return state
+
+
+def save_alm(model: AudioLLM, directory: Path | str, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write what a later stage needs to rebuild ``model`` and to use it as it was trained.
 
     ``model.yaml``     the model config, and under ``sources`` the digests of the pretrained
@@ -472,7 +481,8 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
                        feature normalisation's statistics: frozen parts come back from their sources,
                        so a 7B model costs megabytes, not 15 GB
 
-    The dir is written under a temporary name and renamed.
+    The dir is written under a temporary name and renamed.  ``state``: :func:`trained_state`, gathered
+    beforehand (FSDP); by default taken from ``model``.
     """
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
@@ -484,9 +494,7 @@ def save_alm(model: AudioLLM, directory: Path | str) -> None:
     OmegaConf.save(cfg, tmp / "model.yaml")
     OmegaConf.save(OmegaConf.create(model.facts), tmp / "training.yaml")
     model.tokenizer.save_pretrained(tmp / "tokenizer")
-    state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    state.update({n: b.cpu() for n, b in model.named_buffers() if n.startswith("feature_norm.")})
-    torch.save(state, tmp / "trained.pt")
+    torch.save(trained_state(model) if state is None else state, tmp / "trained.pt")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -571,13 +571,14 @@ class Emotion2VecS(nn.Module):
 
     # --- our own save format --------------------------------------------------
 
-    def save_pretrained(self, directory: Path | str) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``."""
+    def save_pretrained(self, directory: Path | str, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``; the weights are
+        ``state_dict`` when given (a whole one gathered from FSDP shards), else the model's own."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
         tmp = directory / ".model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"model_type": MODEL_TYPE})
         os.replace(tmp, directory / "model.safetensors")

@@ -35,6 +35,7 @@ from local.data.shards import load_manifest
 from local.models.e2v_pretrain import (Emotion2VecPretrainer, PretrainConfig, decoder_shape, ema_decay,
                                        official_decoder_state, official_teacher_state)
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS, load_emotion2vec
+from local.train.checkpoint import full_state_dict
 from local.train.loop import Trainer
 from local.utils.distributed import on_main_process
 from local.train.runtime import seed_everything
@@ -120,12 +121,13 @@ def make_step_fn(labelled: set[str] | None, crop_samples: int | None = None):
     return step_fn
 
 
-def save_model_dir(model: Emotion2VecS, directory: Path) -> None:
-    """``save_pretrained`` into a temp dir, then swap it in, so ``directory`` is always a whole model."""
+def save_model_dir(model: Emotion2VecS, directory: Path, state: dict | None = None) -> None:
+    """``save_pretrained`` into a temp dir, then swap it in, so ``directory`` is always a whole model;
+    ``state``: its state dict gathered beforehand (FSDP shards), by default the model's own."""
     tmp, old = directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state)
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
@@ -168,7 +170,9 @@ def run(cfg: DictConfig, fingerprint: str | None = None) -> dict:
 
     trainer.optimizer.register_step_post_hook(update_teacher)
     metrics = trainer.fit(train, valid)
-    on_main_process(lambda: save_model_dir(model.student, exp_dir / "model"))
+    whole = full_state_dict(trainer.module)  # every rank: under FSDP this gathers the shards
+    student = {k[len("student."):]: v for k, v in whole.items() if k.startswith("student.")}
+    on_main_process(lambda: save_model_dir(model.student, exp_dir / "model", student))
     decay = ema_decay(int(model.ema_updates), model.config.ema_decay, model.config.ema_end_decay,
                       model.config.ema_anneal_steps)
     log.info("pre-trained %s for %d steps (teacher decay now %.6f): %s", exp_dir, trainer.step, decay,

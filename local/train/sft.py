@@ -47,7 +47,7 @@ from transformers import AutoTokenizer
 
 from local.data.labels import EMOTIONS, recipe_labels
 from local.data.loader import ShardLoader
-from local.models.alm import IGNORE_INDEX, AudioLLM, build_alm, load_alm, save_alm
+from local.models.alm import IGNORE_INDEX, AudioLLM, build_alm, load_alm, save_alm, trained_state
 from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
@@ -329,6 +329,8 @@ def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> P
     trainer = Trainer(net, step_fn, trainer_cfg, run_config=OmegaConf.to_container(cfg, resolve=True),
                       fingerprint=fingerprint)
     trainer.fit(train, valid, valid_fn)
-    on_main_process(lambda: save_alm(trainer.module.alm if kl_weight else trainer.module, model_dir))
+    trained = trainer.module.alm if kl_weight else trainer.module
+    state = trained_state(trained)  # every rank: under FSDP this gathers the shards
+    on_main_process(lambda: save_alm(trained, model_dir, state))
     log.info("saved %s", model_dir)
     return model_dir

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Iterator
@@ -31,6 +32,8 @@ def join_process_group(device: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if cuda else "gloo")
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    if dist.get_rank() != 0:  # one copy of the log: the other ranks say only what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def rank_and_world() -> tuple[int, int]:

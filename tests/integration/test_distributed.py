@@ -11,7 +11,10 @@ import json
 import shutil
 
 import pytest
+import torch
 from helpers.smoke_recipe import NO_DROPOUT, SFT, build, run, train_losses, valid_loss
+
+from local.models.alm import load_alm
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,8 @@ def recipe(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     corpus = build(tmp / "db")
     run(corpus, tmp / "one", "--stop_stage", "5")
-    shutil.copytree(tmp / "one", tmp / "two")  # the same data, shards and Emotion2Vec-S for both
+    for other in ("two", "fsdp"):  # the same data, shards and Emotion2Vec-S for each
+        shutil.copytree(tmp / "one", tmp / other)
     return corpus, tmp
 
 
@@ -41,6 +45,24 @@ def test_two_torchrun_processes_train_as_one_process_on_the_same_global_batch(re
     again = run(corpus, tmp / "two", "--nproc", "1", "--stage", "6", "--stop_stage", "6", "--sft_args", SFT)
     assert "Stage 6 (sft, c2ser): up to date" in again.stdout  # how it ran is not what it made
     assert "Stage 6 (sft, c2ser): up to date" not in one.stdout + two.stdout
+
+
+def test_fsdp_under_torchrun_trains_as_one_process_and_saves_a_whole_model(recipe):
+    corpus, tmp = recipe
+    run(corpus, tmp / "fsdp", "--nproc", "2", "--stage", "6", "--stop_stage", "6", "--sft_args", f"{SFT} trainer=fsdp")
+    log = (tmp / "fsdp" / "exp" / "log" / "6.sft.c2ser.log").read_text()
+    assert "FSDP units: 4 modules" in log and "world size 2" in log
+    assert log.count("saved ") == 2  # the checkpoint and the model dir, once: the other rank logs warnings only
+    sft = tmp / "fsdp" / "exp" / "c2ser" / "sft"
+    one = tmp / "one" / "exp" / "c2ser" / "sft"
+    if (one / "metrics.jsonl").is_file():  # the first test trained it
+        assert [x for _, x in train_losses(sft)] == pytest.approx([x for _, x in train_losses(one)], rel=1e-5)
+    # the model dir holds whole tensors, gathered from the shards, equal to the last checkpoint's
+    model = load_alm(sft / "model")
+    saved = torch.load(sft / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    state = model.state_dict()
+    trained = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert len(trained) > 50 and all(torch.equal(state[k], saved[k]) for k in trained)
 
 
 def test_decoding_split_into_two_jobs_writes_the_hypotheses_of_one_job(recipe):

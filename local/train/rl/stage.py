@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from local.eval.judge import JudgeItem, normalise
 from local.eval.metrics import js_divergence
-from local.models.alm import AudioLLM, batch_speakers, load_alm, save_alm
+from local.models.alm import AudioLLM, batch_speakers, load_alm, save_alm, trained_state
 from local.utils.paths import rl_start_model
 from local.models.readout import Readout, gold_distributions
 from local.reasoning.targets import TARGET_TYPES
@@ -415,5 +415,6 @@ def run(cfg: DictConfig, judge=None, fingerprint: str | None = None) -> Path:
     if trainer.start_step:
         counted += f" in steps {trainer.start_step}-{trainer.step}: the run resumed at step {trainer.start_step}"
     log.info("dev reward %.4f -> %.4f (%s)", summary["before"]["reward"], summary["after"]["reward"], counted)
-    on_main_process(lambda: save_alm(trainer.module, exp_dir / "model"))
+    state = trained_state(trainer.module)  # every rank: under FSDP this gathers the shards
+    on_main_process(lambda: save_alm(trainer.module, exp_dir / "model", state))
     return exp_dir / "model"
