@@ -1,9 +1,11 @@
-"""A real single-node Slurm for the tests: munged, slurmctld and slurmd on this machine, in a temp dir.
+"""A real Slurm for the tests: munged, slurmctld and one slurmd per node, all on this machine, in a temp dir.
 
 Debian's ``slurm-wlm`` and ``munge`` (``tools/install.sh --with-slurm``; tools/test.sh asks for them).
 The daemons run as root with their state, spool, logs and ports of their own, so a developer's Slurm is
-not touched; ``SLURM_CONF`` points the clients (srun, scontrol) at this one.  Where Slurm cannot run here
-(not installed, not root) :func:`start` skips the test and says why.
+not touched; ``SLURM_CONF`` points the clients (srun, scontrol) at this one.  Its nodes n1, n2, ... are
+slurmd daemons of this host (``slurmd -N``), each with all its CPUs: a multi-node job is real Slurm
+multi-node (an allocation over several nodes, one task per node, SLURM_JOB_NODELIST), on one machine.
+Where Slurm cannot run here (not installed, not root) :func:`start` skips the test and says why.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import pytest
 DAEMONS = ("slurmctld", "slurmd", "munged", "srun", "scontrol", "sinfo")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,24 +56,26 @@ def _start_munge() -> bool:
     raise RuntimeError("munged started but does not answer (munge -n | unmunge)")
 
 
-def _conf(root: Path, host: str) -> Path:
+def _conf(root: Path, host: str, nodes: int) -> Path:
     cpus = os.cpu_count() or 1
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 512
+    names = [f"n{k}" for k in range(1, nodes + 1)]
     conf = root / "slurm.conf"
     conf.write_text("\n".join([
         "ClusterName=emoreason_test",
         f"SlurmctldHost={host}(127.0.0.1)",
         "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.pid'}",
-        f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.log'}",
-        f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
+        f"StateSaveLocation={root / 'state'}", f"SlurmdSpoolDir={root / 'spool'}/%n",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}", f"SlurmdPidFile={root / 'slurmd.%n.pid'}",
+        f"SlurmctldLogFile={root / 'slurmctld.log'}", f"SlurmdLogFile={root / 'slurmd.%n.log'}",
+        f"SlurmctldPort={free_port()}",
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",  # jobs share the node by CPU
         "ReturnToService=2", "SchedulerType=sched/backfill", "MinJobAge=3600",  # finished jobs stay visible
         "JobCompType=jobcomp/none", "AccountingStorageType=accounting_storage/none",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
-        f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
+        *(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} CPUs={cpus} "
+          f"RealMemory={mem_mb} State=UNKNOWN" for n in names),
+        f"PartitionName=main Nodes={','.join(names)} Default=YES MaxTime=INFINITE State=UP", ""]))
     return conf
 
 
@@ -81,8 +85,8 @@ def _stop(pid_file: Path) -> None:
 
 
 @contextlib.contextmanager
-def start(root: Path) -> Iterator[dict[str, str]]:
-    """Run a single-node Slurm under ``root``; yields the environment its clients need (SLURM_CONF)."""
+def start(root: Path, nodes: int = 2) -> Iterator[dict[str, str]]:
+    """Run a Slurm of ``nodes`` nodes under ``root``; yields the environment its clients need (SLURM_CONF)."""
     missing = [d for d in DAEMONS if not shutil.which(d)]
     if missing:
         pytest.skip(f"Slurm is not installed here (no {', '.join(missing)}): tools/install.sh --with-slurm "
@@ -90,25 +94,29 @@ def start(root: Path) -> Iterator[dict[str, str]]:
     if os.geteuid() != 0:
         pytest.skip("a test Slurm runs its daemons as root, and these tests do not run as root")
     host = socket.gethostname().split(".")[0]
-    for sub in ("state", "spool"):
+    names = [f"n{k}" for k in range(1, nodes + 1)]
+    for sub in ("state", *(f"spool/{n}" for n in names)):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    conf = _conf(root, host)
+    conf = _conf(root, host, nodes)
     env = dict(os.environ, SLURM_CONF=str(conf))
     started_munge = _start_munge()
     try:
         subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True, capture_output=True, timeout=60)
-        subprocess.run(["slurmd", "-f", str(conf)], env=env, check=True, capture_output=True, timeout=60)
+        for name in names:
+            subprocess.run(["slurmd", "-f", str(conf), "-N", name], env=env, check=True, capture_output=True,
+                           timeout=60)
         for _ in range(300):
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
-            if state.stdout.strip() == "idle":
+            state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True)
+            if state.stdout.split() == ["idle"] * nodes:
                 break
             time.sleep(0.2)
         else:
             raise RuntimeError(f"the test Slurm did not come up: sinfo says {state.stdout.strip()!r} "
-                               f"{state.stderr.strip()!r}; see {root}/slurmctld.log and slurmd.log")
+                               f"{state.stderr.strip()!r}; see {root}/slurmctld.log and slurmd.*.log")
         yield env
     finally:
-        _stop(root / "slurmd.pid")
+        for name in names:
+            _stop(root / f"slurmd.{name}.pid")
         _stop(root / "slurmctld.pid")
         if started_munge:
             subprocess.run(["pkill", "-x", "munged"], capture_output=True)

@@ -1,9 +1,11 @@
-"""``cmd_backend=slurm``: every stage submitted to a real single-node Slurm (tests/helpers/slurm.py) makes what
-the local backend makes, a 2-process training stage goes through srun + torchrun, decoding runs as one job per
-part, each job asks for its resources, and a failed job fails its stage naming its log."""
+"""``cmd_backend=slurm``: every stage submitted to a real Slurm (tests/helpers/slurm.py: two nodes on this
+machine) makes what the local backend makes, a 2-process training stage goes through srun + torchrun,
+decoding runs as one job per part, each job asks for its resources, a training stage spans two nodes through
+torchrun's c10d rendezvous, and a failed job fails its stage naming its log."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,10 +37,18 @@ def made(root: Path) -> dict[str, bytes]:
     return {k: v.replace(str(root).encode(), b"ROOT") for k, v in files.items()}
 
 
-def test_the_stages_through_slurm_make_what_the_local_backend_makes(cluster, tmp_path):
-    corpus = build(tmp_path / "db")
-    run(corpus, tmp_path / "local", *ARGS)
-    on_slurm = run(corpus, tmp_path / "slurm", *ARGS, env={**cluster, "cmd_backend": "slurm"})
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """Stages 0-10 of the smoke recipe on the local backend and through Slurm."""
+    tmp = tmp_path_factory.mktemp("runs")
+    corpus = build(tmp / "db")
+    run(corpus, tmp / "local", *ARGS)
+    on_slurm = run(corpus, tmp / "slurm", *ARGS, env={**cluster, "cmd_backend": "slurm"})
+    return corpus, tmp, on_slurm
+
+
+def test_the_stages_through_slurm_make_what_the_local_backend_makes(cluster, runs):
+    _, tmp_path, on_slurm = runs
     local, submitted = made(tmp_path / "local"), made(tmp_path / "slurm")
     assert len(local) > 40 and local.keys() == submitted.keys()
     assert [k for k in local if local[k] != submitted[k]] == []
@@ -57,6 +67,23 @@ def test_the_stages_through_slurm_make_what_the_local_backend_makes(cluster, tmp
     assert " srun --job-name 6.sft.c2ser " in first and "tools/torchrun.sh 2 1 -m local.bin.sft" in first
     assert "world size 2" in log and "--mem 16G" in first  # conf/slurm.conf's cpu line
     assert "Successfully finished" in on_slurm.stdout
+
+
+def test_a_training_stage_on_two_nodes_through_srun_and_torchrun_rendezvous(cluster, runs, tmp_path):
+    corpus, tmp, _ = runs
+    shutil.copytree(tmp / "slurm", tmp_path / "multi")
+    env = {**cluster, "cmd_backend": "slurm", "EMOREASON_RDZV_PORT": str(slurm.free_port())}
+    run(corpus, tmp_path / "multi", "--num_nodes", "2", "--stage", "6", "--stop_stage", "6", "--force", "true",
+        "--sft_args", SFT, env=env)
+    job = [j for j in slurm.jobs(cluster) if j["JobName"] == "6.sft.c2ser"][-1]
+    assert (job["JobState"], job["NumNodes"], job["NodeList"]) == ("COMPLETED", "2", "n[1-2]")
+    log = (tmp_path / "multi" / "exp" / "log" / "6.sft.c2ser.log").read_text()
+    first = log.splitlines()[0]
+    assert "--nodes 2 --ntasks-per-node 1" in first and "tools/torchrun.sh 1 2 -m local.bin.sft" in first
+    assert "world size 2" in log
+    sft = "exp/c2ser/sft"  # one process on each node: the batches and losses of one process
+    want, got = train_losses(tmp / "local" / sft), train_losses(tmp_path / "multi" / sft)
+    assert [x for _, x in got] == pytest.approx([x for _, x in want], rel=1e-6)
 
 
 def test_a_failed_slurm_job_fails_its_stage_and_names_its_log(cluster, tmp_path):

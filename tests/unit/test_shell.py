@@ -97,11 +97,12 @@ def test_torchrun_wrapper_standalone_on_one_node_and_c10d_at_the_first_node_on_s
                          capture_output=True, text=True)
     assert one.stdout.strip() == ("python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 2 "
                                   "-m local.bin.sft a=1")
-    (fake / "scontrol").write_text("#!/bin/sh\nprintf 'node7\\nnode8\\n'\n")
+    (fake / "scontrol").write_text('#!/bin/sh\ncase "$2" in hostnames) printf \'node7\\nnode8\\n\' ;;\n'
+                                   '  node) echo "NodeName=$3 Arch=x86_64 NodeAddr=10.0.0.7 NodeHostName=$3" ;; esac\n')
     two = subprocess.run(["bash", "-c", f"PATH={fake}:$PATH SLURM_JOB_NODELIST='node[7-8]' SLURM_JOB_ID=42 "
                           "tools/torchrun.sh 4 2 -m local.bin.sft"], cwd=ROOT, capture_output=True, text=True)
     assert two.stdout.strip() == ("python -m torch.distributed.run --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d "
-                                  "--rdzv_endpoint node7:29500 --rdzv_id 42 -m local.bin.sft")
+                                  "--rdzv_endpoint 10.0.0.7:29500 --rdzv_id 42 -m local.bin.sft")
     alone = subprocess.run(["bash", "-c", "unset SLURM_JOB_NODELIST; tools/torchrun.sh 4 2 -m x"], cwd=ROOT,
                            capture_output=True, text=True)
     assert alone.returncode == 1 and "need a Slurm allocation" in alone.stderr
