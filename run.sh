@@ -234,7 +234,8 @@ fi
 experiment_args="experiment=${system}"
 
 # How a stage's command is launched (cmd.sh: on this machine or through Slurm), by kind:
-#   data LOG MODULE ARGS      one process with --nj workers, through ${train_cmd}
+#   data LOG MODULE ARGS      one process with --nj workers, through ${train_cmd}; where cmd.sh sets
+#                             data_job_cmd (Slurm), the stage runs here and its --nj jobs are launched with it
 #   train LOG MODULE ARGS     ${nproc} processes per node on ${num_nodes} node(s) under torchrun when more than
 #                             one, through ${cuda_cmd} --gpu ${ngpu}
 #   single LOG MODULE ARGS    one process, on one GPU when --ngpu > 0
@@ -242,7 +243,13 @@ experiment_args="experiment=${system}"
 #                             test set, then one that merges the parts into what a single job writes
 launch_data() {
   local logf=$1 module=$2; shift 2
-  ${train_cmd} --cpus "${nj}" "${logf}" ${python} -m "${module}" "$@"
+  if [ -n "${data_job_cmd:-}" ] && [ "${nj}" -gt 1 ]; then
+    # the stage runs here; its --nj jobs go to the cluster, one launcher call each (local/utils/jobs.py)
+    EMOREASON_JOB_CMD="${data_job_cmd}" EMOREASON_JOB_LOG="${logf}" \
+      "${main_root}/tools/launch.sh" --backend local "${logf}" ${python} -m "${module}" "$@"
+  else
+    ${train_cmd} --cpus "${nj}" "${logf}" ${python} -m "${module}" "$@"
+  fi
 }
 launch_train() {
   local logf=$1 module=$2; shift 2

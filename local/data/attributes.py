@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import subprocess
@@ -55,6 +54,7 @@ from local.data.audio import SAMPLE_RATE, AudioError, read_audio
 from local.data.kaldi import DataDir, DataDirError, format_kv, validate_data_dir
 from local.data.pitch import yin, yin_lags
 from local.data.synth import to_pinyin
+from local.utils.jobs import map_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -370,12 +370,8 @@ def _run_jobs(jobs: list[tuple], settings: AttributeSettings, nj: int) -> list:
     Workers are spawned, not forked: forking a parent that holds torch or CUDA
     state can deadlock, and spawn behaves the same on every OS.
     """
-    if nj <= 1 or len(jobs) <= 1:
-        _init_worker(settings)
-        return [_measure_job(job) for job in jobs]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(nj, len(jobs)), initializer=_init_worker, initargs=(settings,)) as pool:
-        return pool.map(_measure_job, jobs, chunksize=max(1, len(jobs) // (4 * nj)))
+    return map_jobs(_measure_job, jobs, nj, initializer=_init_worker, initargs=(settings,),
+                    chunksize=max(1, len(jobs) // (4 * nj)), spawn=True)
 
 
 def _audio_sources(data: DataDir) -> dict[str, tuple[str, float, float | None]]:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio, write_wav
 from local.data.kaldi import REQUIRED, DataDir, DataDirError, format_dist, parse_dist
 from local.data.labels import LabelSet
+from local.utils.jobs import map_jobs
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,7 @@ def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
             data.reject(utt, f"segments names recording '{reco}', which is not in wav.scp")
             continue
         jobs.append((utt, data["wav.scp"][reco], (start, end), f"{audio_dir}/{utt}.wav"))
-    if nj > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(nj) as pool:
-            results = list(pool.map(_check_audio, jobs, chunksize=32))
-    else:
-        results = [_check_audio(job) for job in jobs]
+    results = map_jobs(_check_audio, jobs, nj, chunksize=32)
 
     wav_scp, utt2dur = {}, {}
     kept_outside = []  # test utterances the duration filter would have rejected

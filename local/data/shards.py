@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -48,6 +47,7 @@ from local.data.audio import SAMPLE_RATE, AudioError, read_audio
 from local.data.kaldi import UTT_TABLES, DataDir, DataDirError, parse_dist, parse_kv, write_table
 from local.utils.atomic import write_text_atomic
 from local.utils.digest import file_digest, value_digest
+from local.utils.jobs import map_jobs
 
 log = logging.getLogger(__name__)
 
@@ -282,11 +282,7 @@ def _write_locked(data_dir: Path, out_dir: Path, max_shard_size: int, targets_pa
     _clear(out_dir)
     jobs = [(out_dir / f".{shard_name(i)}.tmp", chunk, {u: records[u] for u in chunk},
              audio_format, features) for i, chunk in enumerate(chunks)]
-    if nj > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(nj, len(jobs))) as pool:
-            results = list(pool.map(_write_shard, jobs))
-    else:
-        results = [_write_shard(job) for job in jobs]
+    results = map_jobs(_write_shard, jobs, nj)
 
     shards, all_utts, durs = [], [], []
     for job, (written, bad) in zip(jobs, results):

@@ -12,7 +12,7 @@ import pytest
 from helpers import slurm
 from helpers.smoke_recipe import NO_DROPOUT, SFT, build, run, train_losses
 
-ARGS = ["--nproc", "2", "--sft_args", SFT, "--distill_args", NO_DROPOUT, "--decode_args", NO_DROPOUT]
+ARGS = ["--nj", "2", "--nproc", "2", "--sft_args", SFT, "--distill_args", NO_DROPOUT, "--decode_args", NO_DROPOUT]
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,15 @@ def test_the_stages_through_slurm_make_what_the_local_backend_makes(cluster, run
     assert [x for _, x in got] == pytest.approx([x for _, x in want], rel=1e-6)
 
     jobs = {j["JobName"]: j for j in slurm.jobs(cluster)}
-    names = ["0.prepare.data", "4.shards.data", "5.pretrain.e2vs", "6.sft.c2ser", "7.distill.c2ser",
-             "9.decode.c2ser.1", "9.decode.c2ser.2", "9.decode.c2ser", "10.score.c2ser"]
+    # a data stage runs where run.sh does and sends its --nj jobs to the cluster, a job each
+    names = ["1.format.data.1", "1.format.data.2", "2.attributes.data.1", "2.attributes.data.2",
+             "5.pretrain.e2vs", "6.sft.c2ser", "7.distill.c2ser", "9.decode.c2ser.1", "9.decode.c2ser.2",
+             "9.decode.c2ser"]
     assert all(jobs[n]["JobState"] == "COMPLETED" for n in names), {n: jobs.get(n, {}).get("JobState") for n in names}
     assert jobs["6.sft.c2ser"]["NumCPUs"] == "2" and jobs["9.decode.c2ser.1"]["NumCPUs"] == "1"
+    assert "1.format.data" not in jobs  # the stage itself: not a job
+    part = (tmp_path / "slurm" / "exp" / "log" / "1.format.data.2.log").read_text()
+    assert " srun --job-name 1.format.data.2 " in part.splitlines()[0] and "jobs done" in part
     log = (tmp_path / "slurm" / "exp" / "log" / "6.sft.c2ser.log").read_text()
     first = log.splitlines()[0]
     assert " srun --job-name 6.sft.c2ser " in first and "tools/torchrun.sh 2 1 -m local.bin.sft" in first
