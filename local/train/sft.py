@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -151,8 +152,9 @@ def select_rows(batch: Mapping, rows: Sequence[int]) -> dict:
 
 def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transcript: bool = False,
               facts: Mapping | None = None) -> dict | None:
-    """Add "prompts" and "responses" for ``target_type``; None if no utterance has that target."""
-    rng = np.random.default_rng([seed, step, 1])
+    """Add "prompts" and "responses" for ``target_type``; None if no utterance has that target.  A question
+    drawn from a pool is the utterance's own draw at this step, so a row gets the same question whichever
+    rank's slice of the global batch it is in."""
     rows, responses = [], []
     for i, records in enumerate(batch["targets"]):
         found = [r["target"] for r in records if r["type"] == target_type]
@@ -162,7 +164,9 @@ def sft_batch(batch: Mapping, target_type: str, step: int, seed: int = 0, transc
     if not rows:
         return None
     out = select_rows(batch, rows) if len(rows) < len(batch["targets"]) else dict(batch)
-    prompts = [instruction_for(target_type, rng, facts) for _ in rows]
+    utts = out.get("utts") or [str(i) for i in rows]
+    prompts = [instruction_for(target_type, np.random.default_rng([seed, step, 1, zlib.crc32(u.encode())]), facts)
+               for u in utts]
     if transcript:
         missing = [u for u, m in zip(out.get("utts") or [m.get("utt") for m in out["meta"]], out["meta"])
                    if not m.get("text")]

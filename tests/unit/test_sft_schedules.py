@@ -167,3 +167,20 @@ def test_linear_schedule_reaches_implicit_at_the_last_step_whatever_ends_the_sta
     assert [r["p_explicit"] for r in logged] == pytest.approx([p_linear(s, 20) for s in range(20)], abs=1e-9)
     per_step = len(types) // 20
     assert types[:per_step] == [EXPLICIT] * per_step and types[-per_step:] == [IMPLICIT] * per_step
+
+
+def test_a_pool_question_is_the_utterance_s_own_draw_whichever_rank_holds_it():
+    """Under torchrun each rank holds some rows of the global batch (split="rows"): a row's question from the
+    pool must not depend on which rows are beside it, or N processes would train on other prompts than one."""
+    from local.reasoning.prompts import load_questions
+    from local.train.sft import select_rows, sft_batch
+
+    utts = [f"u{i}" for i in range(8)]
+    batch = {"utts": utts, "meta": [{} for _ in utts],
+             "targets": [[{"type": "summarize", "target": f"t{i}"}] for i in range(8)]}
+    whole = sft_batch(batch, "summarize", step=5, seed=3)
+    halves = [sft_batch(select_rows(batch, rows), "summarize", step=5, seed=3) for rows in (range(0, 8, 2),
+                                                                                              range(1, 8, 2))]
+    assert whole["prompts"][0::2] == halves[0]["prompts"] and whole["prompts"][1::2] == halves[1]["prompts"]
+    assert set(whole["prompts"]) <= set(load_questions()["emotion"]) and len(set(whole["prompts"])) > 2
+    assert sft_batch(batch, "summarize", step=6, seed=3)["prompts"] != whole["prompts"]  # a new draw each step
