@@ -108,12 +108,11 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"decode.job={job} decode.num_jobs={jobs}: a job is a number from 1 to num_jobs")
     if job is not None and jobs == 1:
         raise ValueError("decode.job is set but decode.num_jobs is 1: one job decodes everything; drop decode.job")
-    if job is not None:  # one job's part: the merge writes the record, once every part is there
+    if job is not None or jobs == 1:  # what decodes checks the model; a merge only reads the parts
         check_model_config(decode_model(cfg), cfg.model, cli_overrides(), own=not cfg.decode.get("model_dir"))
+    if job is not None:  # one job's part: the merge writes the record, once every part is there
         decode_sets(restrict(cfg, STAGES["decode"]), (int(job) - 1, jobs))
         return
-    if jobs == 1:
-        check_model_config(decode_model(cfg), cfg.model, cli_overrides(), own=not cfg.decode.get("model_dir"))
     with stage_run(cfg, "decode") as run:
         if jobs == 1:
             decode_sets(run.cfg)

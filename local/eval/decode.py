@@ -166,8 +166,7 @@ class DataDirBatches:
         self.records = _records(data, None)
         self.rejected: dict[str, str] = {u: "no audio: missing from wav.scp (or segments)"
                                          for u, r in self.records.items() if r["source"] is None}
-        self.utts = [u for u in data.utts if u not in self.rejected]
-        durs = [(u, self._duration(data, u)) for u in self.utts]
+        durs = [(u, self._duration(data, u)) for u in data.utts if u not in self.rejected]
         job, jobs = part  # a decoding job's part: the batches job, job + jobs, ... of the whole plan
         if job:
             self.rejected = {}  # the utterances without audio are job 0's to report

@@ -7,9 +7,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from local.utils.distributed import join_process_group
+from local.utils.distributed import join_process_group, rank_and_world
 
 
 def seed_everything(seed: int) -> None:
@@ -39,6 +38,4 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(dev)
     join_process_group("cuda" if cuda else "cpu")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dev
-    return 0, 1, dev
+    return (*rank_and_world(), dev)

@@ -118,16 +118,15 @@ def decode(model, device: torch.device, n: int, seconds: tuple[float, float], mo
             return model.generate(b["wav"].to(device), b["wav_lens"].to(device), [prompt] * len(group), **gen)
 
     run(samples[:1])  # warm-up
-    out = {}
+    out, hyps = {}, {}
     for name, groups in (("batched", [samples]), ("per_utterance", [[s] for s in samples])):
         sync(device)
         start = time.perf_counter()
-        hyps = [h for g in groups for h in run(g)]
+        hyps[name] = [h for g in groups for h in run(g)]
         sync(device)
         sec = time.perf_counter() - start
         out[name] = {"seconds": sec, "tokens_per_s": n * tokens / sec}
-        out[name]["hyps"] = hyps
-    agree = sum(a == b for a, b in zip(out["batched"].pop("hyps"), out["per_utterance"].pop("hyps")))
+    agree = sum(a == b for a, b in zip(hyps["batched"], hyps["per_utterance"]))
     return {"n": n, "new_tokens": tokens, **out, "speedup": out["per_utterance"]["seconds"] / out["batched"]["seconds"],
             "same_output": agree}
 

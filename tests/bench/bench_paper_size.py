@@ -70,8 +70,8 @@ def c2ser(checkpointing: bool) -> Footprint:
                    f"model.llm.gradient_checkpointing={checkpointing}",
                    f"model.encoder.gradient_checkpointing={checkpointing}"]).model
     tok = train_tokenizer(["The emotion is anger.", "The pitch is high and the volume is loud."], vocab_size=300)
-    e2v = Emotion2VecS(Emotion2VecConfig()).to("meta")  # its init draws on the CPU; the shapes go to meta
     with torch.device("meta"):
+        e2v = Emotion2VecS(Emotion2VecConfig())
         model = build_alm(cfg, acoustic=e2v, tokenizer=tok)
     batch, seconds = 8, 20
     e2v_frames = whisper_frames = seconds * 50  # Whisper padded to the batch's longest (padding: batch)
@@ -129,8 +129,8 @@ def reasoning(checkpointing: bool) -> list[Footprint]:
             lm = get_peft_model(lm, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj",
                                                                                    "o_proj", "gate_proj", "down_proj"]))
             whisper = WhisperEncoder(WhisperConfig(**WHISPER_LARGE_V3))
+            e2v = Emotion2VecS(Emotion2VecConfig(embed_dim=1024, num_heads=16))
             speech_adapter, emotion_adapter = meralion_v1(1280, 15, 3584), meralion_v1(1024, 150, 3584)
-        e2v = Emotion2VecS(Emotion2VecConfig(embed_dim=1024, num_heads=16)).to("meta")
         for enc, name in ((whisper, "speech"), (e2v, "emotion")):
             enc.requires_grad_(trained == name)
             if trained != name:
