@@ -28,6 +28,7 @@ install_requires = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "requests>=2.31",
+    "silero-vad>=6.2,<7",              # emoreason-infer's voice activity detection; weights inside the wheel
 ]
 
 extras_require = {
@@ -50,4 +51,5 @@ setup(
     package_data={"local": ["reasoning/prompts/*.txt", "reasoning/prompts/*.json"]},
     install_requires=install_requires,
     extras_require=extras_require,
+    entry_points={"console_scripts": ["emoreason-infer=local.bin.infer:console"]},
 )

@@ -7,6 +7,7 @@ found at hour 3 of a 100k-utterance run must say which one it was.
 from __future__ import annotations
 
 import io
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,13 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+# formats libsndfile decodes itself; the rest (AAC in m4a/mp4, Opus, WebM, ...) go through ffmpeg
+SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64",
+                                ".rf64", ".wave"})
+FFMPEG_SUFFIXES = frozenset({".m4a", ".mp4", ".aac", ".opus", ".webm", ".wma", ".mkv", ".mov", ".amr", ".3gp"})
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | FFMPEG_SUFFIXES
+# a wav.scp pipe: any container ffmpeg reads -> 16 kHz mono wav on stdout (its first audio stream)
+FFMPEG_PIPE = "{} -nostdin -loglevel error -i {} -vn -ac 1 -ar 16000 -f wav - |"
 
 
 class AudioError(ValueError):
@@ -52,6 +60,15 @@ def read_audio(spec: str, utt: str = "", sample_rate: int = SAMPLE_RATE,
     if sr != sample_rate:
         wav = soxr.resample(wav, sr, sample_rate).astype(np.float32)
     return wav
+
+
+def file_spec(path: Path | str, ffmpeg: str = "ffmpeg") -> str:
+    """The wav.scp entry that reads ``path``: the path itself when libsndfile decodes its format, else an
+    ffmpeg pipe, so a user's m4a goes through :func:`read_audio` like a corpus' mp4 in stage 1."""
+    path = Path(path)
+    if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+        return str(path)
+    return FFMPEG_PIPE.format(shlex.quote(ffmpeg), shlex.quote(str(path)))
 
 
 def write_wav(path: Path | str, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

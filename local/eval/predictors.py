@@ -1,0 +1,280 @@
+"""What ``emoreason-infer`` and the demo can run: every kind of model behind one ``predict(wavs)``.
+
+A user points ``--model`` at a directory and should not have to say what it
+is: each kind in :data:`KINDS` recognises its own files, in order, and the
+first that does loads it.  Adding a kind is one class and one registry entry.
+
+=================  ===========================================================  ====================
+kind               the directory holds                                          gives
+=================  ===========================================================  ====================
+``exported``       ``export.json`` (``python -m local.bin.export``)             label, dist, text
+``recipe``         ``model.yaml`` + ``trained.pt`` (a stage 6/7/8 model dir)    label, dist, text
+``c2ser_release``  ``C2SER_llm.pt``, a Qwen2 config + tokenizer dir, and the    label, dist, text
+                   Emotion2Vec-S ``checkpoint.pt`` (the files C²SER released)
+``emotion2vec``    ``model.pt`` + ``config.yaml`` (an emotion2vec+ release) or  label, dist
+                   our ``config.json`` + ``model.safetensors`` with a head
+=================  ===========================================================  ====================
+
+Every prediction is ``{"label", "dist", "text"}`` plus ``label_from``: the
+label is the one the text concludes with (stage 10's rule reader,
+:func:`local.eval.extract.explain`), and when the text names none, the most
+likely class of the distribution; a classifier's label is its argmax.
+
+A recipe model trained with per-speaker feature normalisation meets unknown
+speakers here: every input gets the training set's global statistics (stage
+9's ``decode.speaker_stats=false`` row), since one file says too little
+about its speaker.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from local.data.labels import EMOTIONS
+from local.eval.extract import explain
+from local.models.readout import Readout
+from local.utils.hydra import CONF_DIR
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible here")
+    return torch.device(device)
+
+
+def pad(wavs: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(w) for w in wavs])
+    out = torch.zeros(len(wavs), int(lens.max()))
+    for i, w in enumerate(wavs):
+        out[i, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return out.to(device), lens.to(device)
+
+
+def conclude(text: str | None, dist: dict[str, float] | None, labels: Sequence[str]) -> dict:
+    """The record of one prediction: the label the text states, else the distribution's mode."""
+    label, why = explain(text, labels) if text is not None else (None, None)
+    record = {"label": label, "label_from": "text" if label else None, "dist": dist, "text": text}
+    if label is None and dist:
+        record.update(label=max(dist, key=dist.get), label_from="dist")
+        if why:
+            record["text_label"] = why
+    return record
+
+
+def decode_modes() -> dict[str, list[str]]:
+    """Prompt mode -> the target types it names, over stage 9's default and every system's
+    ``decode.prompts`` (conf/stage/decode.yaml, conf/experiment/*.yaml): the configs are the registry."""
+    modes: dict[str, list[str]] = {}
+    files = [CONF_DIR / "stage" / "decode.yaml", *sorted((CONF_DIR / "experiment").glob("*.yaml"))]
+    for path in files:
+        cfg = OmegaConf.load(path)
+        prompts = OmegaConf.select(cfg, "prompts" if path.parent.name == "stage" else "decode.prompts") or {}
+        for mode, target in prompts.items():
+            modes.setdefault(str(mode), [])
+            if target not in modes[str(mode)]:
+                modes[str(mode)].append(str(target))
+    return modes
+
+
+def max_new_tokens(target: str) -> int:
+    table = OmegaConf.load(CONF_DIR / "stage" / "decode.yaml").max_new_tokens
+    return int(table.get(target, DEFAULT_MAX_NEW_TOKENS))
+
+
+class Predictor:
+    """``predict(wavs)`` -> one record per 16-kHz waveform (see the module doc)."""
+
+    kind = ""
+    labels: list[str] = []
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
+        raise NotImplementedError
+
+
+class AudioLLMPredictor(Predictor):
+    """A model dir of this repo's recipes (stages 6-8), rebuilt as stage 9 rebuilds it."""
+
+    kind = "recipe"
+
+    def __init__(self, model, source: str, prompt: str, device: torch.device, max_tokens: int | None = None):
+        self.model, self.source = model.to(device).eval(), source
+        facts = model.facts
+        if facts.get("transcript_in_prompt"):
+            raise ValueError(f"{source} is a text-only cascade: its prompt holds the transcript, which plain "
+                             "audio does not have")
+        self.labels = list(facts.get("labels") or EMOTIONS)
+        self.target = self._target(prompt, facts.get("targets") or {})
+        self.instruction = facts["targets"][self.target]["text"]
+        self.gen = {"max_new_tokens": max_tokens or max_new_tokens(self.target), "do_sample": False}
+        self.readout = Readout(model.tokenizer, **facts["readout"]) if facts.get("readout") else None
+        if self.readout is not None:
+            self.labels = list(self.readout.labels)
+        if model.speaker_norm:
+            model.feature_norm.speakers = {}
+
+    def _target(self, prompt: str, targets: dict) -> str:
+        known = [t for t, v in targets.items() if v.get("text")]
+        if not known:
+            raise ValueError(f"{self.source}: its training.yaml names no target type with an instruction")
+        if prompt in known:
+            return prompt
+        named = [t for t in decode_modes().get(prompt, []) if t in known]
+        if not named:
+            raise ValueError(f"--prompt {prompt}: {self.source} was trained on the target types "
+                             f"{', '.join(known)}; give one of them, or a mode that names one of them "
+                             f"({', '.join(m for m, ts in decode_modes().items() if set(ts) & set(known))})")
+        return named[0]
+
+    def describe(self) -> str:
+        return f"{self.kind} model {self.source}, prompt '{self.target}': {self.instruction!r}"
+
+    @torch.no_grad()
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
+        wav, lens = pad(wavs, self.model.device)
+        prompts = [self.instruction] * len(wavs)
+        texts = self.model.generate(wav, lens, prompts, **self.gen)
+        dists = ([None] * len(texts) if self.readout is None else
+                 self.readout.distributions(self.model, {"wav": wav, "wav_lens": lens}, prompts, texts))
+        return [conclude(t, d, self.labels) for t, d in zip(texts, dists)]
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (path / "model.yaml").is_file() and (path / "trained.pt").is_file()
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, prompt: str) -> "AudioLLMPredictor":
+        from local.models.alm import load_alm
+        return cls(load_alm(path), str(path), prompt, device)
+
+
+class ExportedPredictor(AudioLLMPredictor):
+    """A recipe model exported by ``local.bin.export``: self-contained, no recipe needed."""
+
+    kind = "exported"
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (path / "export.json").is_file()
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, prompt: str) -> "ExportedPredictor":
+        from local.models.export import load_exported
+        return cls(load_exported(path), str(path), prompt, device)
+
+
+class Emotion2VecPredictor(Predictor):
+    """emotion2vec+ as the plain classifier it was released as: its head over the utterance embedding."""
+
+    kind = "emotion2vec"
+
+    def __init__(self, model, source: str, device: torch.device):
+        if model.head is None:
+            raise ValueError(f"{source}: this emotion2vec has no classification head (an SSL-only release such as "
+                             "emotion2vec_base); use an emotion2vec+ model")
+        self.model, self.source = model.to(device).eval(), source
+        self.labels = list(model.config.labels)
+
+    def describe(self) -> str:
+        return f"emotion2vec classifier {self.source} ({len(self.labels)} classes)"
+
+    @torch.no_grad()
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
+        device = next(self.model.parameters()).device
+        wav, lens = pad(wavs, device)
+        probs = self.model.extract(wav, lens)["probs"].cpu().numpy()
+        return [conclude(None, dict(zip(self.labels, map(float, row))), self.labels) for row in probs]
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return ((path / "model.pt").is_file() and (path / "config.yaml").is_file()) or \
+            ((path / "config.json").is_file() and (path / "model.safetensors").is_file()
+             and '"model_type": "emotion2vec' in (path / "config.json").read_text(errors="replace"))
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, prompt: str) -> "Emotion2VecPredictor":
+        from local.models.emotion2vec_s import load_emotion2vec
+        model, _ = load_emotion2vec(path, strict=True)
+        return cls(model, str(path), device)
+
+
+class C2SERReleasePredictor(Predictor):
+    """The C²SER checkpoint as released (local/models/c2ser_release.py), one utterance at a time as its
+    official runtime does; the distribution is each label word's log-probability as the answer."""
+
+    kind = "c2ser_release"
+
+    def __init__(self, model, source: str, prompt: str, max_tokens: int | None = None):
+        from local.models import c2ser_release
+        if prompt not in c2ser_release.PROMPTS:
+            raise ValueError(f"--prompt {prompt}: the released C²SER knows {', '.join(c2ser_release.PROMPTS)}")
+        self.model, self.source, self.prompt_name = model, source, prompt
+        self.prompt = c2ser_release.PROMPTS[prompt]
+        self.labels = list(c2ser_release.LABELS)
+        self.max_tokens = max_tokens or (400 if prompt == "explicit" else 64)
+
+    def describe(self) -> str:
+        return f"released C²SER {self.source}, prompt '{self.prompt_name}': {self.prompt!r}"
+
+    @torch.no_grad()
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
+        out = []
+        for wav in wavs:
+            text = self.model.respond(wav, self.prompt, max_new_tokens=self.max_tokens)
+            scores = self.model.continuation_logprobs(wav, self.prompt, self.labels).float()
+            dist = dict(zip(self.labels, map(float, scores.softmax(-1).tolist())))
+            out.append(conclude(text, dist, self.labels))
+        return out
+
+    @staticmethod
+    def files(path: Path) -> tuple[Path, Path, Path | None, Path | None]:
+        """(C2SER_llm.pt, the LLM config + tokenizer dir, Emotion2Vec-S checkpoint.pt, official config.yaml)."""
+        llm = [d for d in sorted(path.iterdir()) if d.is_dir() and (d / "config.json").is_file()]
+        if len(llm) != 1:
+            raise ValueError(f"{path}: expected one subdirectory with the Qwen2 config.json and tokenizer "
+                             f"(e.g. Qwen2-7B/), found {len(llm)}")
+        e2v = next(iter(sorted(path.glob("**/checkpoint.pt"))), None)
+        config = path / "config.yaml"
+        return path / "C2SER_llm.pt", llm[0], e2v, config if config.is_file() else None
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (path / "C2SER_llm.pt").is_file()
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, prompt: str) -> "C2SERReleasePredictor":
+        from local.models.c2ser_release import load_c2ser_release
+        checkpoint, llm, e2v, config = cls.files(path)
+        if e2v is None:
+            raise ValueError(f"{path}: the Emotion2Vec-S checkpoint.pt is missing (ASLP-lab/Emotion2Vec-S)")
+        return cls(load_c2ser_release(checkpoint, llm, config, e2v=e2v, device=device), str(path), prompt)
+
+
+KINDS: dict[str, type] = {"exported": ExportedPredictor, "recipe": AudioLLMPredictor,
+                          "c2ser_release": C2SERReleasePredictor, "emotion2vec": Emotion2VecPredictor}
+
+
+def load_predictor(model: str | Path, device: str = "auto", prompt: str = "implicit") -> Predictor:
+    """The predictor of whatever ``model`` is (see the module doc)."""
+    path = Path(model)
+    if not path.is_dir():
+        raise ValueError(f"--model {model}: not a directory")
+    for name, kind in KINDS.items():
+        if kind.detect(path):
+            log.info("%s: a %s model", path, name)
+            return kind.load(path, pick_device(device), prompt)
+    raise ValueError(f"--model {model}: not a model this command knows; it reads " + "; ".join(
+        f"{name} ({(kind.__doc__ or '').strip().splitlines()[0]})" for name, kind in KINDS.items()))
