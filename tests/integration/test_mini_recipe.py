@@ -165,6 +165,32 @@ def test_stages_5_to_10_run_end_to_end_well_above_chance(model_recipe):
     assert "e2v.path" in (model / "model.yaml").read_text()  # the digest of the encoder it was trained with
 
 
+def test_the_trained_model_runs_on_files_with_emoreason_infer(model_recipe, tmp_path):
+    """README "Your own audio": the installed console script on a wav, a flac and a folder of test utterances."""
+    import soundfile as sf
+    tmp, _ = model_recipe
+    test = DataDir.load(tmp / "data" / "test_s")
+    utts = test.utts[:8]
+    (tmp_path / "folder").mkdir()
+    shutil.copy(test["wav.scp"][utts[0]], tmp_path / "a.wav")
+    wav, sr = sf.read(test["wav.scp"][utts[1]])
+    sf.write(tmp_path / "b.flac", wav, sr)
+    for utt in utts[2:]:
+        shutil.copy(test["wav.scp"][utt], tmp_path / "folder" / f"{utt}.wav")
+    script = Path(sys.executable).parent / "emoreason-infer"
+    model = tmp / "exp" / "c2ser" / "distill" / "model"
+    out = subprocess.run([str(script), "--model", str(model), "--quiet", str(tmp_path / "a.wav"),
+                          str(tmp_path / "b.flac"), str(tmp_path / "folder")], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [Path(r["input"]).name for r in records] == ["a.wav", "b.flac"] + sorted(f"{u}.wav" for u in utts[2:])
+    for r in records:
+        assert r["label"] in EMOTIONS and abs(sum(r["dist"].values()) - 1) < 1e-4 and r["text"], r
+    gold = [test["utt2emo"][u] for u in utts[:2]] + [test["utt2emo"][u] for u in sorted(utts[2:])]
+    print(f"emoreason-infer: {sum(r['label'] == g for r, g in zip(records, gold))} of {len(gold)} labels right")
+
+
 def test_a_second_run_skips_every_stage_in_seconds(model_recipe):
     tmp, _ = model_recipe
     start = time.time()

@@ -173,3 +173,58 @@ def test_load_refuses_over_long_input_before_reading_it(tmp_path):
     write_wav(tmp_path / "a.wav", tone(2.0, 200))
     with pytest.raises(ValueError, match="over-long: 2 s > the 1 s limit"):
         load(Input("a", str(tmp_path / "a.wav")), max_duration=1.0)
+
+
+# --- the released models behind the same command ---------------------------------------------------
+
+def test_emotion2vec_plus_release_is_a_classifier_equal_to_funasr(tmp_path):
+    from tests.helpers.reference import import_funasr_emotion2vec, require
+    from tests.unit.test_emotion2vec import PLUS_TOKENS, build_reference, reference_extract, tiny_conf, write_release
+    import torch
+    cls = require("funasr", import_funasr_emotion2vec)
+    conf = tiny_conf()
+    ref = build_reference(cls, conf, vocab_size=len(PLUS_TOKENS))
+    release = write_release(tmp_path / "emotion2vec_plus_tiny", conf, ref.state_dict(), PLUS_TOKENS)
+    predictor = load_predictor(release, "cpu")
+    assert predictor.kind == "emotion2vec" and predictor.labels[:4] == ["angry", "disgusted", "fearful", "happy"]
+    write_wav(tmp_path / "a.wav", tone(1.3, 220))
+    (record,) = infer(predictor, list_inputs([str(tmp_path / "a.wav")]))
+    wav = load(list_inputs([str(tmp_path / "a.wav")])[0])
+    _, utterance = reference_extract(ref, torch.from_numpy(wav))
+    with torch.no_grad():
+        expected = torch.softmax(ref.proj(utterance[None]), -1)[0].tolist()
+    assert max(abs(record["dist"][k] - p) for k, p in zip(predictor.labels, expected)) < 1e-5
+    assert record["label"] == predictor.labels[int(np.argmax(expected))] and record["text"] is None
+
+
+def test_c2ser_release_runs_through_the_same_command(tmp_path):
+    from tests.helpers.c2ser_official import build_release
+    from tests.helpers.reference import import_funasr_emotion2vec, require
+    from tests.unit.test_emotion2vec import build_reference, tiny_conf, write_release
+    from local.models.c2ser_release import LABELS
+    root = tmp_path / "C2SER"
+    root.mkdir()
+    _, _, _, sd = build_release(root)
+    width = sd["speech_transformer.embed.out.0.weight"].shape[1]
+    conf = tiny_conf(embed_dim=width - 8)  # Emotion2Vec-S features narrower than the encoder, zero-padded as released
+    e2v = write_release(root / "Emotion2Vec-S", conf, build_reference(require("funasr", import_funasr_emotion2vec),
+                                                                      conf).state_dict())
+    (e2v / "model.pt").rename(e2v / "checkpoint.pt")
+    predictor = load_predictor(root, "cpu", "implicit")
+    assert predictor.kind == "c2ser_release" and predictor.labels == list(LABELS)
+    write_wav(tmp_path / "a.wav", tone(1.1, 200))
+    (record,) = infer(predictor, list_inputs([str(tmp_path / "a.wav")]))
+    assert "error" not in record and isinstance(record["text"], str)
+    assert record["label"] in LABELS and abs(sum(record["dist"].values()) - 1) < 1e-5
+
+
+def test_an_export_answers_as_the_model_dir_it_came_from(model_dir, predictor, tmp_path):
+    from local.models.export import export_model
+    out = export_model(model_dir, tmp_path / "export")
+    exported = load_predictor(out, "cpu", "implicit")
+    assert exported.kind == "exported"
+    write_wav(tmp_path / "a.wav", tone(1.2, 210))
+    inputs = list_inputs([str(tmp_path / "a.wav")])
+    (a,), (b,) = list(infer(predictor, inputs)), list(infer(exported, inputs))
+    assert a["text"] == b["text"] and a["label"] == b["label"]
+    assert max(abs(a["dist"][k] - b["dist"][k]) for k in a["dist"]) < 1e-6
