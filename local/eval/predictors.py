@@ -13,6 +13,7 @@ kind               the directory holds                                          
                    Emotion2Vec-S ``checkpoint.pt`` (the files C²SER released)
 ``emotion2vec``    ``model.pt`` + ``config.yaml`` (an emotion2vec+ release) or  label, dist
                    our ``config.json`` + ``model.safetensors`` with a head
+``qwen2_audio``    a Qwen2-Audio(-Instruct) snapshot (zero-shot baseline)        label, dist, text
 =================  ===========================================================  ====================
 
 Every prediction is ``{"label", "dist", "text"}`` plus ``label_from``: the
@@ -263,8 +264,41 @@ class C2SERReleasePredictor(Predictor):
         return cls(load_c2ser_release(checkpoint, llm, config, e2v=e2v, device=device), str(path), prompt)
 
 
+class Qwen2AudioPredictor(Predictor):
+    """Qwen2-Audio-7B-Instruct zero-shot (a ``qwen2_audio`` snapshot): asked the AudioBench-style emotion
+    question; the distribution is each label word's log-probability as the start of its answer."""
+
+    kind = "qwen2_audio"
+
+    def __init__(self, model, labels: Sequence[str] = EMOTIONS, max_tokens: int = 64):
+        self.model, self.labels, self.max_tokens = model, list(labels), max_tokens
+        self.question = model.question(self.labels)
+
+    def describe(self) -> str:
+        return f"{self.model.describe()}, zero-shot: {self.question!r}"
+
+    @torch.no_grad()
+    def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
+        texts = self.model.respond(list(wavs), self.question, max_new_tokens=self.max_tokens)
+        # the instruct model starts an answer with a capital: score the labels as it would write them
+        scores = self.model.label_logprobs(list(wavs), self.question, [l.capitalize() for l in self.labels])
+        dists = [dict(zip(self.labels, map(float, row))) for row in scores.float().softmax(-1).tolist()]
+        return [conclude(t, d, self.labels) for t, d in zip(texts, dists)]
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        config = path / "config.json"
+        return config.is_file() and '"model_type": "qwen2_audio"' in config.read_text(errors="replace")
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, prompt: str) -> "Qwen2AudioPredictor":
+        from local.models.qwen2_audio import Qwen2AudioZeroShot
+        return cls(Qwen2AudioZeroShot.from_pretrained(path, device=device))
+
+
 KINDS: dict[str, type] = {"exported": ExportedPredictor, "recipe": AudioLLMPredictor,
-                          "c2ser_release": C2SERReleasePredictor, "emotion2vec": Emotion2VecPredictor}
+                          "c2ser_release": C2SERReleasePredictor, "emotion2vec": Emotion2VecPredictor,
+                          "qwen2_audio": Qwen2AudioPredictor}
 
 
 def load_predictor(model: str | Path, device: str = "auto", prompt: str = "implicit") -> Predictor:
