@@ -39,6 +39,11 @@ extras_require = {
         "trl>=0.26,<0.27",                 # GRPO / SAPO / DPO losses (SAPO arrived in 0.26)
         "funasr>=1.2",                     # the public emotion2vec implementation
         "pytorch-metric-learning>=2.5",    # SupConLoss
+        "selenium>=4.51,<5",               # drives Debian's chromium in the web demo's browser test
+    ],
+    # The web demo (python -m local.bin.demo).  6.18+ needs huggingface_hub>=1, which transformers 4.57 refuses.
+    "demo": [
+        "gradio>=6.17.3,<6.18",
     ],
 }
 

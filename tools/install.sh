@@ -8,7 +8,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${root}/tools/venv
-stamp=${venv}/.installed          # holds the hash of setup.py that was installed
+stamp=${venv}/.installed          # holds the hash of setup.py that was installed, then the extras
 python=${PYTHON:-python3}
 
 log() { echo "[install] $*"; }
@@ -16,12 +16,15 @@ log() { echo "[install] $*"; }
 # --- system packages -------------------------------------------------------
 # command:package.  --with-slurm adds a single-node Slurm (slurmctld, slurmd, srun, munge) for the Slurm
 # backend's tests (tools/test.sh asks for it); without root or apt it is left out with a warning, and the
-# tests that need it skip saying so.
+# tests that need it skip saying so.  --with-demo adds the web demo's extra (gradio) and, for its browser
+# test, Debian's chromium + chromium-driver (built from one source package, so they always match).
 with_slurm=false
+with_demo=false
 for arg in "$@"; do
   case "${arg}" in
     --with-slurm) with_slurm=true ;;
-    *) echo "$0: unknown option ${arg} (--with-slurm)" >&2; exit 1 ;;
+    --with-demo) with_demo=true ;;
+    *) echo "$0: unknown option ${arg} (--with-slurm, --with-demo)" >&2; exit 1 ;;
   esac
 done
 apt_install() {  # PACKAGE... : returns non-zero when they cannot be installed here
@@ -57,9 +60,28 @@ if ${with_slurm}; then
   fi
 fi
 
+if ${with_demo}; then
+  browser=(chromium:chromium chromedriver:chromium-driver)
+  mapfile -t missing < <(missing_of "${browser[@]}")
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "browser present, skipped: ${browser[*]%%:*}"
+  elif ! apt_install "${missing[@]}"; then
+    log "WARNING: could not install ${missing[*]} (no apt-get as root or with sudo); the demo's browser test will skip"
+  fi
+fi
+
 # --- Python environment ----------------------------------------------------
+# The stamp is "<sha256 of setup.py> <extras>": a later call asking for no more extras than were
+# installed, from the same setup.py, skips; asking for more installs them.
+extras=test
+${with_demo} && extras=test,demo
 want=$(sha256sum "${root}/setup.py" | cut -d' ' -f1)
-have=$(cat "${stamp}" 2>/dev/null || true)
+{ read -r have have_extras < "${stamp}"; } 2>/dev/null || true
+have=${have:-}
+have_extras=${have_extras:-test}
+if [ "${want}" = "${have}" ] && [ "${have_extras}" = test,demo ]; then
+  extras=test,demo  # keep what is there
+fi
 if [ -z "${have}" ]; then
   # torch's PyPI wheel brings the CUDA libraries: the venv takes ~8.5 GB.  Say so
   # up front instead of letting pip die half-way with "No space left on device".
@@ -78,13 +100,13 @@ else
   ${python} -m venv "${venv}"
 fi
 
-if [ "${want}" = "${have}" ]; then
-  log "python packages up to date with setup.py, skipped"
+if [ "${want}" = "${have}" ] && [ "${extras}" = "${have_extras}" ]; then
+  log "python packages up to date with setup.py ([${extras}]), skipped"
 else
-  log "installing python packages (pip install -e '.[test]'); the first time takes a few minutes"
+  log "installing python packages (pip install -e '.[${extras}]'); the first time takes a few minutes"
   # --no-cache-dir: a cached copy of every wheel would double the disk it takes.
   "${venv}/bin/pip" install --quiet --no-cache-dir --upgrade pip
-  "${venv}/bin/pip" install --quiet --no-cache-dir -e "${root}[test]"
-  echo "${want}" > "${stamp}"
+  "${venv}/bin/pip" install --quiet --no-cache-dir -e "${root}[${extras}]"
+  echo "${want} ${extras}" > "${stamp}"
   log "python packages installed"
 fi

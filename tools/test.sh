@@ -4,7 +4,8 @@
 #   tools/test.sh tests/unit -k kaldi
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"${root}/tools/install.sh" --with-slurm  # the Slurm backend is tested on a real single-node Slurm
+# the Slurm backend is tested on a real single-node Slurm, the web demo in a real headless browser
+"${root}/tools/install.sh" --with-slurm --with-demo
 cd "${root}"
 . ./path.sh
 if [ $# -eq 0 ]; then set -- tests; fi
