@@ -109,7 +109,8 @@ def segment(name: str, wav: np.ndarray, segmenter: Segmenter, split: str, max_se
     if given is not None:
         if name not in given:
             raise AudioError(f"{name}: not in the --segments file (its recording ids are the inputs' names)")
-        spans = [(start, min(end, duration)) for _, start, end in given[name]]  # end -1 reads as inf
+        spans = [(start, duration if end < 0 else min(end, duration))  # end -1 or inf: to the end
+                 for _, start, end in given[name]]
         long = [f"{s:.2f}-{e:.2f}" for s, e in spans if e - s > max_seconds]
         if long:
             raise AudioError(f"{name}: segments {', '.join(long[:3])} are longer than {max_seconds:g} s "
