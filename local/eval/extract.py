@@ -88,19 +88,26 @@ def is_negated(text: str, start: int) -> bool:
     return any(w in NEGATORS or w.endswith("n't") for w in words)
 
 
-def extract_label(text: str | None, labels: Sequence[str] = EMOTIONS) -> str | None:
-    """The label of ``labels`` (the model's classes) a free-text output concludes with, or None (see the
-    module doc for the rules): a word of a class the model was not trained on is not an answer."""
+def concluding_mention(text: str | None, labels: Sequence[str] = EMOTIONS) -> tuple[int, str] | None:
+    """(where it starts, label) of the mention a free-text output concludes with, or None (the module
+    doc's rules); :func:`extract_label` is its label, and inference reads the distribution at its place."""
     if not text:
         return None
     kept = [(start, label) for start, _, label in mentions(text, labels) if not is_negated(text, start)]
     if not kept:
         return None
     for cue in reversed(list(CONCLUSION_CUES.finditer(text))):
-        after = [label for start, label in kept if start >= cue.end()]
+        after = [(start, label) for start, label in kept if start >= cue.end()]
         if after:
             return after[0]
-    return kept[-1][1]
+    return kept[-1]
+
+
+def extract_label(text: str | None, labels: Sequence[str] = EMOTIONS) -> str | None:
+    """The label of ``labels`` (the model's classes) a free-text output concludes with, or None (see the
+    module doc for the rules): a word of a class the model was not trained on is not an answer."""
+    found = concluding_mention(text, labels)
+    return found[1] if found else None
 
 
 def explain(text: str | None, labels: Sequence[str] = EMOTIONS) -> tuple[str | None, str | None]:

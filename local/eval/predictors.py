@@ -21,6 +21,17 @@ label is the one the text concludes with (stage 10's rule reader,
 :func:`local.eval.extract.explain`), and when the text names none, the most
 likely class of the distribution; a classifier's label is its argmax.
 
+Where an audio LLM's distribution is read (``dist_at``).  At the place its
+text names its label (``"label"``): the text up to that mention is
+teacher-forced and every class name scored there (the read-out of
+local/models/readout.py with the words before the mention as its prefix),
+so the distribution is the model's own hesitation at the word it wrote,
+whatever answer phrase its targets taught it ("...inferred to be X").
+Only when the text names no label, or the name cannot be cut from the
+words before it, the read-out the model was trained with (``"readout"``,
+stage 9's ``decode.dist``), which a model trained without the KL term has
+never seen answered.
+
 A recipe model trained with per-speaker feature normalisation meets unknown
 speakers here: every input gets the training set's global statistics (stage
 9's ``decode.speaker_stats=false`` row), since one file says too little
@@ -29,6 +40,7 @@ about its speaker.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -37,13 +49,15 @@ import torch
 from omegaconf import OmegaConf
 
 from local.data.labels import EMOTIONS
-from local.eval.extract import explain
+from local.eval.extract import concluding_mention, explain
 from local.models.readout import Readout
 from local.utils.hydra import CONF_DIR
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 256
+# the words before a label's mention that make its read-out prefix ("inferred to be"): enough to place it
+SLOT = re.compile(r"(?:\S+\s+){0,2}\S+(\s*)$")
 
 
 def pick_device(device: str) -> torch.device:
@@ -126,6 +140,7 @@ class AudioLLMPredictor(Predictor):
             self.labels = list(self.readout.labels)
         if model.speaker_norm:
             model.feature_norm.speakers = {}
+        self._slots: dict[tuple[str, str], Readout | None] = {}
 
     def _target(self, prompt: str, targets: dict) -> str:
         known = [t for t, v in targets.items() if v.get("text")]
@@ -143,14 +158,44 @@ class AudioLLMPredictor(Predictor):
     def describe(self) -> str:
         return f"{self.kind} model {self.source}, prompt '{self.target}': {self.instruction!r}"
 
+    def slot(self, text: str) -> tuple[Readout, str, str] | None:
+        """(read-out, where, the text it reads) at the text's label mention; None when there is none."""
+        found = concluding_mention(text, self.labels)
+        before = text[:found[0]] if found else ""
+        m = SLOT.search(before)
+        if m is None or not m.group(1):  # no words before it, or the name glued to them (CJK)
+            return None
+        prefix, separator = before[m.start():len(before) - len(m.group(1))], m.group(1)
+        key = (prefix, separator)
+        if key not in self._slots:
+            try:
+                self._slots[key] = Readout(self.model.tokenizer, prefix, self.labels, separator)
+            except ValueError:  # BPE merges the prefix into the name: no clean place to read
+                self._slots[key] = None
+        return None if self._slots[key] is None else (self._slots[key], "label", before)
+
     @torch.no_grad()
     def predict(self, wavs: Sequence[np.ndarray]) -> list[dict]:
         wav, lens = pad(wavs, self.model.device)
         prompts = [self.instruction] * len(wavs)
         texts = self.model.generate(wav, lens, prompts, **self.gen)
-        dists = ([None] * len(texts) if self.readout is None else
-                 self.readout.distributions(self.model, {"wav": wav, "wav_lens": lens}, prompts, texts))
-        return [conclude(t, d, self.labels) for t, d in zip(texts, dists)]
+        groups: dict[int, tuple[Readout, str, list[int], list[str]]] = {}
+        for i, text in enumerate(texts):
+            readout, where, context = self.slot(text) or (self.readout, "readout", text)
+            if readout is not None:
+                _, _, rows, contexts = groups.setdefault(id(readout), (readout, where, [], []))
+                rows.append(i)
+                contexts.append(context)
+        dists, where_of = [None] * len(texts), [None] * len(texts)
+        for readout, where, rows, contexts in groups.values():
+            batch = {"wav": wav[rows], "wav_lens": lens[rows]}
+            for i, d in zip(rows, readout.distributions(self.model, batch, [prompts[i] for i in rows], contexts)):
+                dists[i], where_of[i] = d, where
+        out = [conclude(t, d, self.labels) for t, d in zip(texts, dists)]
+        for record, where in zip(out, where_of):
+            if where:
+                record["dist_at"] = where
+        return out
 
     @classmethod
     def detect(cls, path: Path) -> bool:

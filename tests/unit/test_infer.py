@@ -228,3 +228,26 @@ def test_an_export_answers_as_the_model_dir_it_came_from(model_dir, predictor, t
     (a,), (b,) = list(infer(predictor, inputs)), list(infer(exported, inputs))
     assert a["text"] == b["text"] and a["label"] == b["label"]
     assert max(abs(a["dist"][k] - b["dist"][k]) for k in a["dist"]) < 1e-6
+
+
+def test_the_distribution_is_read_where_the_text_names_its_label(predictor, tmp_path):
+    from local.models.readout import Readout
+    import torch
+    readout, where, context = predictor.slot("Slow and low,  so the emotion was inferred to be sadness. Not anger.")
+    assert (readout.answer_prefix, readout.separator, where) == ("inferred to be", " ", "label")
+    assert context == "Slow and low,  so the emotion was inferred to be "
+    assert predictor.slot("It sounds calm to me.") is None  # no label named: the trained read-out
+    wavs = [tone(1.0, 150), tone(1.4, 330, seed=2)]
+    records = predictor.predict(wavs)
+    wav = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in wavs], batch_first=True)
+    batch = {"wav": wav, "wav_lens": torch.tensor([len(w) for w in wavs])}
+    for i, r in enumerate(records):
+        sub = {"wav": batch["wav"][[i]], "wav_lens": batch["wav_lens"][[i]]}
+        slot = predictor.slot(r["text"])
+        if slot is None:
+            assert r["dist_at"] == "readout"
+            expected = predictor.readout.distributions(predictor.model, sub, [predictor.instruction], [r["text"]])[0]
+        else:
+            assert r["dist_at"] == "label" and isinstance(slot[0], Readout)
+            expected = slot[0].distributions(predictor.model, sub, [predictor.instruction], [slot[2]])[0]
+        assert max(abs(expected[k] - r["dist"][k]) for k in expected) < 1e-5
