@@ -38,17 +38,23 @@ class TransformerConnector(nn.Module):
 
 
 class MLPAdapter(nn.Module):
-    """MERaLiON's adapter: concatenate ``k`` consecutive frames, then an MLP with two hidden layers and SiLU.
+    """MERaLiON-AudioLLM v1's adapter (AudioLLM-Reasoning §3.2; shared/reasoning_system.md B.2)::
 
-    ``k`` is either given (``stack``) or follows from a fixed token budget:
-    ``num_tokens`` out of ``in_frames`` (AudioLLM-Reasoning: Whisper's 1500
-    frames -> 100 speech tokens, k = 15; 10 emotion tokens, k = 150).  With a
-    budget every utterance gets exactly ``num_tokens`` tokens, as with 30 s
-    padding: shorter inputs are zero-padded to ``in_frames``.
+        LayerNorm(d)  ->  concatenate s consecutive frames          [B, T/s, d·s]
+        Linear(d·s -> d), SiLU, Dropout                              (MERaLiON's ``mlp_adapter``)
+        Linear(d -> 4d), SiLU, Dropout, Linear(4d -> H)              (its ``speech_llm_proj``)
+
+    The paper's "MLP with two hidden layers and SiLU" are the widths d and 4d of the encoder (d), so no
+    width is a setting.  MERaLiON applies the LayerNorm (``ln_speech``) in its parent model before the
+    adapter; it sits here, on the valid frames, which are then zero-padded.  ``s`` is either given
+    (``stack``) or follows from a fixed token budget: ``num_tokens`` out of ``in_frames``
+    (Whisper's 1500 frames -> 100 speech tokens, s = 15; 10 emotion tokens, s = 150).  With a budget
+    every utterance gets exactly ``num_tokens`` tokens, as with 30 s padding: shorter inputs are
+    zero-padded to ``in_frames``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, stack: int | None = None,
-                 num_tokens: int | None = None, in_frames: int | None = None):
+    def __init__(self, in_dim: int, out_dim: int, stack: int | None = None, num_tokens: int | None = None,
+                 in_frames: int | None = None, dropout: float = 0.1):
         super().__init__()
         if (stack is None) == (num_tokens is None):
             raise ValueError("MLPAdapter: give exactly one of stack or num_tokens (with in_frames)")
@@ -57,15 +63,21 @@ class MLPAdapter(nn.Module):
                 raise ValueError(f"MLPAdapter: in_frames ({in_frames}) must be a multiple of num_tokens ({num_tokens})")
             stack = in_frames // num_tokens
         self.k, self.num_tokens, self.in_frames = stack, num_tokens, in_frames
-        self.mlp = nn.Sequential(nn.Linear(stack * in_dim, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, out_dim))
+        self.norm = nn.LayerNorm(in_dim)
+        self.mlp_adapter = nn.Sequential(nn.Linear(stack * in_dim, in_dim), nn.SiLU(), nn.Dropout(dropout))
+        self.llm_proj = nn.Sequential(nn.Linear(in_dim, 4 * in_dim), nn.SiLU(), nn.Dropout(dropout),
+                                      nn.Linear(4 * in_dim, out_dim))
+
+    def project(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Stacked frames [..., d·s] -> LLM embeddings [..., H]."""
+        return self.llm_proj(self.mlp_adapter(stacked))
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = zero_padding(self.norm(frames), lengths)
         if self.num_tokens is not None:
             if frames.shape[1] > self.in_frames:
                 raise ValueError(f"MLPAdapter: {frames.shape[1]} frames exceed its budget of in_frames={self.in_frames}")
-            frames = fit_length(zero_padding(frames, lengths), self.in_frames)
+            frames = fit_length(frames, self.in_frames)
             lengths = torch.full_like(lengths, self.in_frames)
         x, lengths = stack_frames(frames, lengths, self.k)
-        return self.mlp(x), lengths
+        return self.project(x), lengths

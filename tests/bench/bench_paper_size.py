@@ -28,6 +28,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from local.models.alm import build_alm
+from local.models.connectors import MLPAdapter
 from local.models.emotion2vec_s import Emotion2VecConfig, Emotion2VecS
 from local.models.footprint import (Footprint, causal_lm_activations, format_table, part, saved_bytes,
                                     stack_activation_bytes)
@@ -100,24 +101,6 @@ WHISPER_LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads
                         num_mel_bins=128, max_source_positions=1500)  # openai/whisper-large-v3's encoder
 
 
-def meralion_v1(width: int, stack: int, llm_width: int) -> nn.Module:
-    """MERaLiON-AudioLLM v1's adapter (shared/reasoning_system.md B.2): LayerNorm, s frames concatenated,
-    Linear(d·s→d) SiLU, Linear(d→4d) SiLU, Linear(4d→H) (dropouts keep nothing extra)."""
-
-    class Adapter(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm = nn.LayerNorm(width)
-            self.mlp = nn.Sequential(nn.Linear(width * stack, width), nn.SiLU(), nn.Linear(width, 4 * width),
-                                     nn.SiLU(), nn.Linear(4 * width, llm_width))
-
-        def forward(self, x, lengths):
-            x = self.norm(x)
-            return self.mlp(x.reshape(x.shape[0], x.shape[1] // stack, width * stack))
-
-    return Adapter()
-
-
 def reasoning(checkpointing: bool) -> list[Footprint]:
     batch, seconds = 6, 30
     seq = 100 + 10 + PROMPT_TOKENS + 256
@@ -130,7 +113,8 @@ def reasoning(checkpointing: bool) -> list[Footprint]:
                                                                                    "o_proj", "gate_proj", "down_proj"]))
             whisper = WhisperEncoder(WhisperConfig(**WHISPER_LARGE_V3))
             e2v = Emotion2VecS(Emotion2VecConfig(embed_dim=1024, num_heads=16))
-            speech_adapter, emotion_adapter = meralion_v1(1280, 15, 3584), meralion_v1(1024, 150, 3584)
+            speech_adapter = MLPAdapter(1280, 3584, num_tokens=100, in_frames=1500)
+            emotion_adapter = MLPAdapter(1024, 3584, num_tokens=10, in_frames=1500)
         for enc, name in ((whisper, "speech"), (e2v, "emotion")):
             enc.requires_grad_(trained == name)
             if trained != name:

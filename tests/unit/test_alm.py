@@ -197,24 +197,47 @@ def test_transformer_connector_ignores_padding():
     assert not torch.allclose(out[0, 4:], out2[0, 4:])
 
 
-def test_mlp_adapter_token_budget_and_fixed_stack():
+def test_mlp_adapter_is_meralion_v1_with_a_token_budget_or_a_fixed_stack():
     torch.manual_seed(0)
-    adapter = MLPAdapter(8, 24, hidden=16, num_tokens=100, in_frames=1500)
-    kinds = [type(m) for m in adapter.mlp]
-    assert kinds == [nn.Linear, nn.SiLU, nn.Linear, nn.SiLU, nn.Linear]  # two hidden layers, SiLU
-    assert adapter.k == 15 and adapter.mlp[0].in_features == 15 * 8
+    adapter = MLPAdapter(8, 24, num_tokens=100, in_frames=1500).eval()
+    kinds = [type(m) for m in (adapter.norm, *adapter.mlp_adapter, *adapter.llm_proj)]
+    assert kinds == [nn.LayerNorm, nn.Linear, nn.SiLU, nn.Dropout, nn.Linear, nn.SiLU, nn.Dropout, nn.Linear]
+    assert adapter.k == 15 and [(m.in_features, m.out_features) for m in adapter.modules()
+                                if isinstance(m, nn.Linear)] == [(15 * 8, 8), (8, 32), (32, 24)]
+    with torch.no_grad():
+        adapter.norm.weight.uniform_(0.5, 1.5)
+        adapter.norm.bias.uniform_(-0.5, 0.5)
     x = torch.randn(2, 600, 8)
     out, lens = adapter(x, torch.tensor([600, 450]))
     assert out.shape == (2, 100, 24) and lens.tolist() == [100, 100]
-    torch.testing.assert_close(out[1, 0], adapter.mlp(x[1, :15].reshape(-1)))
-    torch.testing.assert_close(out[1, 50], adapter.mlp(torch.zeros(120)))  # frame 750 on: zero padding
+    normed = F.layer_norm(x[1, :15], (8,), adapter.norm.weight, adapter.norm.bias)
+    by_hand = adapter.llm_proj[3](F.silu(adapter.llm_proj[0](F.silu(adapter.mlp_adapter[0](normed.reshape(-1))))))
+    torch.testing.assert_close(out[1, 0], by_hand)
+    torch.testing.assert_close(out[1, 50], adapter.project(torch.zeros(120)))  # frame 750 on: zero padding
     with pytest.raises(ValueError, match="exceed"):
         adapter(torch.randn(1, 1501, 8), torch.tensor([1501]))
     with pytest.raises(ValueError, match="multiple"):
-        MLPAdapter(8, 24, hidden=16, num_tokens=7, in_frames=1500)
-    fixed = MLPAdapter(8, 24, hidden=16, stack=4)
+        MLPAdapter(8, 24, num_tokens=7, in_frames=1500)
+    fixed = MLPAdapter(8, 24, stack=4)
     out, lens = fixed(torch.randn(2, 10, 8), torch.tensor([10, 5]))
     assert out.shape == (2, 3, 24) and lens.tolist() == [3, 2]
+
+
+def test_meralion_adapters_at_paper_size_on_the_meta_device():
+    """AudioLLM-Reasoning §4.1: Whisper-large-v3 (1280-d) 1500 frames -> 100 tokens (s = 15), Emotion2Vec+ large
+    (1024-d) -> 10 tokens (s = 150), both into Gemma-2-9B's 3584 width.  The counts are in the README."""
+    def count(d, s, h):  # LayerNorm + Linear(d·s, d) + Linear(d, 4d) + Linear(4d, H), with biases
+        return 2 * d + (d * s * d + d) + (d * 4 * d + 4 * d) + (4 * d * h + h)
+
+    with torch.device("meta"):
+        speech = MLPAdapter(1280, 3584, num_tokens=100, in_frames=1500)
+        emotion = MLPAdapter(1024, 3584, num_tokens=10, in_frames=1500)
+        out, lens = speech(torch.empty(2, 1500, 1280), torch.tensor([1500, 900], device="meta"))
+        out_e, _ = emotion(torch.empty(2, 1499, 1024), torch.tensor([1499, 800], device="meta"))
+    assert (speech.k, emotion.k) == (15, 150)
+    assert out.shape == (2, 100, 3584) and out_e.shape == (2, 10, 3584)
+    assert sum(p.numel() for p in speech.parameters()) == count(1280, 15, 3584) == 49_492_224
+    assert sum(p.numel() for p in emotion.parameters()) == count(1024, 150, 3584) == 176_171_520
 
 
 # --- real-size shapes on the meta device --------------------------------------------------
@@ -432,7 +455,6 @@ def test_with_the_real_emotion2vec_s(tiny_dirs):
 def test_meralion_adapters_give_fixed_token_budgets(tiny_dirs):
     """AudioLLM-Reasoning's layout: 30 s Whisper -> 100 speech tokens, emotion frames -> 10 tokens."""
     model = build_tiny(tiny_dirs, "connector=meralion", "encoder.padding=30s", "encoder.downsample=1",
-                       "connector.semantic.hidden=32", "connector.acoustic.hidden=32",
                        "audio_prefix='<audio_start><|audio|><audio_end> '").eval()
     assert model.connectors["semantic"].k == 15 and model.connectors["acoustic"].k == 150
     batch = make_batch()

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import Gemma2Config, Gemma2ForCausalLM, Qwen2Config, Qwen2ForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from local.models.connectors import MLPAdapter
 from local.models.footprint import Footprint, causal_lm_activations, linear_activations, part, saved_bytes
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_paper_size.py"
@@ -62,8 +63,10 @@ def test_the_paper_size_shapes_have_the_parameter_counts_the_papers_state():
     # audiollm_reasoning.txt §4: "Whisper-large has 637M parameters ... Gemma-2-9B-IT LLM has 9.24B"
     assert sum(p.numel() for p in gemma.parameters()) / 1e9 == pytest.approx(9.24, abs=0.005)
     assert sum(p.numel() for p in whisper.parameters()) / 1e6 == pytest.approx(637, abs=0.5)
-    adapter = b.meralion_v1(1024, 150, 3584)  # shared/reasoning_system.md B.2: "about 157 M" in its first Linear
-    assert adapter.mlp[0].weight.numel() / 1e6 == pytest.approx(157.3, abs=0.1)
+    with torch.device("meta"):
+        adapter = MLPAdapter(1024, 3584, num_tokens=10, in_frames=1500)  # the emotion adapter, s = 150
+    # shared/reasoning_system.md B.2: "about 157 M" in its first Linear
+    assert adapter.mlp_adapter[0].weight.numel() / 1e6 == pytest.approx(157.3, abs=0.1)
 
 
 def test_a_footprint_adds_weights_states_and_activations():
