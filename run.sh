@@ -155,24 +155,6 @@ test_sets=${plain_tests# }
 [ "${corpus}" = "${EMOREASON_RECIPE}" ] || { log "--corpus ${corpus} given inside the ${EMOREASON_RECIPE} recipe"; exit 1; }
 
 stage_names=(prepare format attributes targets shards pretrain sft distill rl decode score)
-if [ "${baselines}" = auto ]; then
-  case "${system}" in
-    c2ser) baselines="text_only no_whisper no_e2v no_cot" ;;  # C²SER Tables VI and VIII
-    ambiguity) baselines="sft_only ce_only dpo grpo" ;;        # ambiguity Table 2 and Fig. 2
-    cogaudio) baselines="before_rl" ;;                         # CogAudio Table 4: Model C vs D
-    *) baselines="" ;;
-  esac
-fi
-# One model decoded on its own: decode.model_dir would otherwise be decoded under every experiment's name
-# (one model shown five times in the table), and into the system's own decode dirs.
-if [[ " ${decode_args} " == *" decode.model_dir="* ]]; then
-  how="./run.sh --stage 9 --baselines \"\" --decode_args \"decode.model_dir=DIR exp_name=NAME\" --score_args \"exp_name=NAME\""
-  [ -z "${baselines}" ] || die "decode.model_dir in --decode_args would decode that one model for every experiment \
-(${system} ${baselines}); decode it alone: ${how}"
-  [[ " ${decode_args} " == *" exp_name="* ]] || die "decode.model_dir in --decode_args needs exp_name=NAME beside \
-it, or its decodes replace ${system}'s own: ${how}"
-fi
-
 # Refuse up front, before any work, model stages for a system this version has no settings for.
 experiment=experiment/${system}.yaml
 if [ "${stop_stage}" -ge 5 ] && [ ! -f "${main_root}/conf/${experiment}" ] && [ ! -f "conf/${experiment}" ]; then
@@ -184,6 +166,29 @@ fi
 "${main_root}/tools/install.sh"
 . "${main_root}/path.sh"
 . "${main_root}/cmd.sh"
+# The system's experiment yaml is its registry entry: the baselines of its paper's tables are the
+# experiments its score.baselines rows name (conf/baseline/<name>.yaml), trained beside it.
+if [ "${baselines}" = auto ]; then
+  yaml=conf/${experiment}; [ -f "${yaml}" ] || yaml=${main_root}/conf/${experiment}
+  baselines=""
+  if [ -f "${yaml}" ]; then
+    # python3 of the venv (path.sh) reads it, whatever --python runs the stages with
+    baselines=$(python3 -c 'import sys, yaml
+rows = ((yaml.safe_load(open(sys.argv[1])) or {}).get("score") or {}).get("baselines") or {}
+print(" ".join(dict.fromkeys(row["baseline"] for row in rows.values())))' "${yaml}") \
+      || die "cannot read the baselines of ${yaml} (score.baselines: {row: {baseline: NAME, mode: MODE}})"
+  fi
+fi
+# One model decoded on its own: decode.model_dir would otherwise be decoded under every experiment's name
+# (one model shown five times in the table), and into the system's own decode dirs.
+if [[ " ${decode_args} " == *" decode.model_dir="* ]]; then
+  how="./run.sh --stage 9 --baselines \"\" --decode_args \"decode.model_dir=DIR exp_name=NAME\" --score_args \"exp_name=NAME\""
+  [ -z "${baselines}" ] || die "decode.model_dir in --decode_args would decode that one model for every experiment \
+(${system} ${baselines}); decode it alone: ${how}"
+  [[ " ${decode_args} " == *" exp_name="* ]] || die "decode.model_dir in --decode_args needs exp_name=NAME beside \
+it, or its decodes replace ${system}'s own: ${how}"
+fi
+
 if [ "${ngpu}" -eq 0 ]; then  # nothing asks for a GPU: the GPU jobs' command is the CPU one
   cuda_cmd=${train_cmd}
   decode_cmd=${train_cmd}

@@ -281,3 +281,14 @@ def test_run_sh_refuses_one_model_dir_for_every_experiment_and_says_how_to_decod
                               str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True, timeout=10)
         assert out.returncode == 1 and message in out.stderr and how in out.stderr
         assert not (tmp_path / "exp").exists()
+
+
+def test_run_sh_trains_the_baselines_a_system_yaml_lists(tmp_path):
+    """The system's experiment yaml is its registry entry: run.sh trains the baselines its score.baselines name."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "toy.yaml").write_text(
+        "# @package _global_\nscore:\n  baselines:\n    a: {baseline: ce_only, mode: implicit}\n"
+        "    b: {baseline: no_cot, mode: explicit}\n    c: {baseline: ce_only, mode: explicit}\n")
+    out, calls = run_model_stages(tmp_path, "--system", "toy")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(c.split()[2] for c in calls if c.startswith("end local.bin.sft")) == ["ce_only", "main", "no_cot"]
