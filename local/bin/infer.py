@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a recipe model dir, an export, the C²SER release or emotion2vec+")
     p.add_argument("--out", help="write the JSON lines here (atomically, at the end) instead of stdout")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="JSON lines, or a table for people")
-    p.add_argument("--prompt", default="implicit", help="implicit | explicit | a target type the model was trained on")
+    p.add_argument("--prompt", default=None,
+                   help="implicit | explicit | a target type the model was trained on (default: implicit when the "
+                        "model was trained on it, else its only target type)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=8, help="utterances per model call")
     p.add_argument("--max_seconds", type=float, default=30.0, help="longest utterance the model hears at once")

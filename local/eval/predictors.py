@@ -125,7 +125,8 @@ class AudioLLMPredictor(Predictor):
 
     kind = "recipe"
 
-    def __init__(self, model, source: str, prompt: str, device: torch.device, max_tokens: int | None = None):
+    def __init__(self, model, source: str, prompt: str | None, device: torch.device,
+                 max_tokens: int | None = None):
         self.model, self.source = model.to(device).eval(), source
         facts = model.facts
         if facts.get("transcript_in_prompt"):
@@ -142,10 +143,15 @@ class AudioLLMPredictor(Predictor):
             model.feature_norm.speakers = {}
         self._slots: dict[tuple[str, str], Readout | None] = {}
 
-    def _target(self, prompt: str, targets: dict) -> str:
+    def _target(self, prompt: str | None, targets: dict) -> str:
         known = [t for t, v in targets.items() if v.get("text")]
         if not known:
             raise ValueError(f"{self.source}: its training.yaml names no target type with an instruction")
+        if prompt is None:  # no choice made: the direct answer when the model has one, else its only target
+            named = [t for t in decode_modes().get("implicit", []) if t in known]
+            if named or len(known) == 1:
+                return (named or known)[0]
+            prompt = "implicit"  # the error below names the choices
         if prompt in known:
             return prompt
         named = [t for t in decode_modes().get(prompt, []) if t in known]
@@ -263,8 +269,9 @@ class C2SERReleasePredictor(Predictor):
 
     kind = "c2ser_release"
 
-    def __init__(self, model, source: str, prompt: str, max_tokens: int | None = None):
+    def __init__(self, model, source: str, prompt: str | None, max_tokens: int | None = None):
         from local.models import c2ser_release
+        prompt = prompt or "implicit"
         if prompt not in c2ser_release.PROMPTS:
             raise ValueError(f"--prompt {prompt}: the released C²SER knows {', '.join(c2ser_release.PROMPTS)}")
         self.model, self.source, self.prompt_name = model, source, prompt
@@ -346,8 +353,9 @@ KINDS: dict[str, type] = {"exported": ExportedPredictor, "recipe": AudioLLMPredi
                           "qwen2_audio": Qwen2AudioPredictor}
 
 
-def load_predictor(model: str | Path, device: str = "auto", prompt: str = "implicit") -> Predictor:
-    """The predictor of whatever ``model`` is (see the module doc)."""
+def load_predictor(model: str | Path, device: str = "auto", prompt: str | None = None) -> Predictor:
+    """The predictor of whatever ``model`` is (see the module doc).  ``prompt``: a mode (implicit, explicit, a
+    system's own) or a target type; None: implicit when the model was trained on it, else its only target type."""
     path = Path(model)
     if not path.is_dir():
         raise ValueError(f"--model {model}: not a directory")

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from local.bin import infer as infer_cli
 from local.data.audio import write_wav
@@ -120,10 +121,16 @@ def test_a_bad_model_or_option_is_a_usage_error(tmp_path):
     assert code == 2 and "not a model this command knows" in err and "emotion2vec" in err
 
 
-def test_unknown_prompt_names_what_the_model_knows(model_dir):
+def test_unknown_prompt_names_what_the_model_knows_and_no_prompt_picks_one(model_dir):
+    from local.eval.predictors import AudioLLMPredictor
+    from local.models.alm import load_alm
     with pytest.raises(ValueError, match="c2ser_explicit, c2ser_implicit"):
         load_predictor(model_dir, "cpu", "cot")
     assert load_predictor(model_dir, "cpu", "explicit").target == "c2ser_explicit"
+    assert load_predictor(model_dir, "cpu").target == "c2ser_implicit"  # the direct answer by default
+    model = load_alm(model_dir)
+    model.facts["targets"] = {"ambiguity_cot": model.facts["targets"]["c2ser_explicit"]}
+    assert AudioLLMPredictor(model, "m", None, torch.device("cpu")).target == "ambiguity_cot"  # its only one
 
 
 def test_split_policies_and_given_segments(predictor, tmp_path):
@@ -180,7 +187,6 @@ def test_load_refuses_over_long_input_before_reading_it(tmp_path):
 def test_emotion2vec_plus_release_is_a_classifier_equal_to_funasr(tmp_path):
     from tests.helpers.reference import import_funasr_emotion2vec, require
     from tests.unit.test_emotion2vec import PLUS_TOKENS, build_reference, reference_extract, tiny_conf, write_release
-    import torch
     cls = require("funasr", import_funasr_emotion2vec)
     conf = tiny_conf()
     ref = build_reference(cls, conf, vocab_size=len(PLUS_TOKENS))
@@ -232,7 +238,6 @@ def test_an_export_answers_as_the_model_dir_it_came_from(model_dir, predictor, t
 
 def test_the_distribution_is_read_where_the_text_names_its_label(predictor, tmp_path):
     from local.models.readout import Readout
-    import torch
     readout, where, context = predictor.slot("Slow and low,  so the emotion was inferred to be sadness. Not anger.")
     assert (readout.answer_prefix, readout.separator, where) == ("inferred to be", " ", "label")
     assert context == "Slow and low,  so the emotion was inferred to be "
