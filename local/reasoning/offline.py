@@ -19,9 +19,9 @@ import hashlib
 import json
 import logging
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from local.reasoning.targets import format_dist_line
+from local.reasoning.targets import TARGET_TYPES, format_dist_line
 from local.reasoning.teacher import Request, Teacher
 
 log = logging.getLogger(__name__)
@@ -252,19 +252,22 @@ class OfflineTeacher(Teacher):
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()
 
+    def _writer(self, target_type: str) -> Callable[[Request], str] | None:
+        """The method that writes ``target_type``: the one its registry entry names (TargetType.offline)."""
+        spec = TARGET_TYPES.get(target_type)
+        writer = getattr(self, spec.offline, None) if spec and spec.offline else None
+        return writer if callable(writer) else None
+
     def generate(self, requests: Sequence[Request]) -> list[str | None]:
-        writers = {
-            "c2ser_explicit": self.c2ser_explicit, "c2ser_implicit": self.c2ser_implicit,
-            "eips": self.eips, "direct_response": self.direct_response,
-            "ambiguity_cot": self.ambiguity_cot, "summarize": self.summarize, "elaborate": self.elaborate,
-        }
         answers: list[str | None] = []
         for r in requests:
-            if r.type not in writers:
+            writer = self._writer(r.type)
+            if writer is None:
+                known = [t for t in TARGET_TYPES if self._writer(t)]
                 raise ValueError(f"{r.key}: the offline teacher cannot write target type '{r.type}' "
-                                 f"(known: {', '.join(writers)})")
+                                 f"(known: {', '.join(known)})")
             try:
-                answers.append(writers[r.type](r))
+                answers.append(writer(r))
             except ValueError as e:  # a bad attribute level or a missing soft label: this request fails
                 log.warning("%s", e)
                 answers.append(None)
@@ -302,7 +305,7 @@ class OfflineTeacher(Teacher):
         lex = self._lex(r.label)
         return pick(lex["response_cmn"] if r.lang == "cmn" else lex["response"], self._id(r), salt)
 
-    # --- one writer per target type ------------------------------------------
+    # --- one writer per target type (named by its TargetType.offline) --------
 
     def c2ser_explicit(self, r: Request) -> str:
         text = r.text.strip()

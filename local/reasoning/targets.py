@@ -15,7 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from local.data.kaldi import DataDir, DataDirError, parse_dist, parse_kv
 from local.reasoning.prompts import prompt_fields, render
@@ -24,27 +24,22 @@ from local.reasoning.teacher import Request, Teacher
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TargetType:
+    """Everything stages 3 and 10 know of one target type; :data:`TARGET_TYPES` holds one per type,
+    so a new type is one entry there (and, for the offline teacher, one method on it)."""
     teacher_prompt: str          # prompts/<name>.txt the teacher reads
     instruction: str             # what the audio LLM reads: prompts/<name>.txt, or the questions.json pool
     tables: tuple[str, ...]      # data-dir tables it needs besides text and utt2emo
+    # The format validator (text, transcript or None) -> problem or None: needs no gold label, so
+    # stage 10 asks it of a model's outputs (see format_problem).  Called with non-blank text.
+    check: Callable[[str, str | None], str | None]
+    offline: str                 # the OfflineTeacher method that writes it
+    names_label: bool = False    # the answer must name the gold label (checked before the format)
+    # A further check against the gold (after the format passed): request, answer -> problem or None.
+    check_gold: Callable[[Request, str], str | None] | None = None
+    keeps_dist: bool = False     # its targets.jsonl record carries the request's soft label ("dist")
 
-
-TARGET_TYPES = {
-    # C²SER Stage 1: rate / pitch / volume levels + transcript -> emotion.
-    "c2ser_explicit": TargetType("c2ser_explicit_teacher", "c2ser_explicit_instruction", ("utt2attr",)),
-    # C²SER Stage 2: a description in terms of the label only.
-    "c2ser_implicit": TargetType("c2ser_implicit_teacher", "c2ser_implicit_instruction", ()),
-    # CogAudio Stage I: EIPS <thought> + <response>; Stage II: the response alone.
-    "eips": TargetType("eips_teacher", "cogaudio_prompt_a", ()),
-    "direct_response": TargetType("direct_response_teacher", "cogaudio_prompt_b", ()),
-    # Ambiguity reasoning: Table 1 steps ending in the soft label.
-    "ambiguity_cot": TargetType("ambiguity_teacher", "ambiguity_instruction", ("utt2dist", "utt2attr")),
-    # AudioLLM-Reasoning: interpretive and evidence-grounded explanations (question pool instructions).
-    "summarize": TargetType("reasoning_summarize", "questions", ()),
-    "elaborate": TargetType("reasoning_elaborate", "questions", ()),
-}
 
 # Words that count as naming a label: a teacher writes "angry" as often as "anger".
 LABEL_FORMS = {
@@ -88,9 +83,7 @@ def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> list[str]:
     a system that trains on it then finds no such targets in stage 6."""
     usable = []
     for t in types:
-        if t not in TARGET_TYPES:
-            raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
-        for table in ("text", "utt2emo", *TARGET_TYPES[t].tables):
+        for table in ("text", "utt2emo", *_spec(t).tables):
             if table not in data and table not in CORPUS_OPTIONAL:
                 raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
         missing = [table for table in TARGET_TYPES[t].tables if table not in data]
@@ -212,7 +205,120 @@ SPEECH_FEATURES = {
 # The implicit teacher is asked for fewer than ten words; twice that leaves room for an LLM's
 # phrasing, while an output that goes on to describe the speech is no longer implicit.
 IMPLICIT_MAX_WORDS = 20
-LABEL_NAMING_TYPES = ("c2ser_explicit", "c2ser_implicit", "summarize", "elaborate")
+
+
+# --- the format of each type (TargetType.check) and its checks against the gold (TargetType.check_gold) ---
+
+def _label_problem(text: str) -> str | None:
+    return None if any(names_label(text, label) for label in LABEL_FORMS) else "names no emotion label"
+
+
+def check_c2ser_explicit(text: str, transcript: str | None = None) -> str | None:
+    problem = _label_problem(text)
+    if problem:
+        return problem
+    missing = [name for name, pattern in SPEECH_FEATURES.items() if not re.search(pattern, text, re.IGNORECASE)]
+    if missing:
+        return f"does not describe the speech's {', '.join(missing)}"
+    return None
+
+
+def check_c2ser_implicit(text: str, transcript: str | None = None) -> str | None:
+    problem = _label_problem(text)
+    if problem:
+        return problem
+    if len(text.split()) > IMPLICIT_MAX_WORDS:
+        return f"{len(text.split())} words: not a short description in terms of the label"
+    return None
+
+
+def check_eips(text: str, transcript: str | None = None) -> str | None:
+    match = EIPS_FORMAT.fullmatch(text)
+    if not match:
+        return "not <thought>...</thought><response>...</response>"
+    missing = [step for step, pattern in EIPS_STEPS.items()
+               if not re.search(pattern, match["thought"], re.IGNORECASE)]
+    if missing:
+        return f"thought lacks the EIPS step(s) {', '.join(missing)}"
+    return None if match["response"].strip() else "empty response"
+
+
+def check_eips_gold(request: Request, answer: str) -> str | None:
+    if not names_label(EIPS_FORMAT.fullmatch(answer)["thought"], request.label):
+        return f"thought does not name the gold label '{request.label}'"
+    return None
+
+
+def check_direct_response(text: str, transcript: str | None = None) -> str | None:
+    return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", text) else None
+
+
+def check_ambiguity_cot(text: str, transcript: str | None = None) -> str | None:
+    missing = [s for s in AMBIGUITY_STEPS if s.lower() not in text.lower()]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    try:
+        parse_distribution_line(text)
+    except ValueError as e:
+        return f"bad distribution: {e}"
+    return None
+
+
+def check_ambiguity_cot_gold(request: Request, answer: str) -> str | None:
+    if request.dist:
+        predicted = parse_distribution_line(answer)
+        if not _argmax(predicted) & _argmax(request.dist):
+            return (f"distribution arg-max {'/'.join(sorted(_argmax(predicted)))} is not the gold majority "
+                    f"{'/'.join(sorted(_argmax(request.dist)))}")
+    return None
+
+
+def check_summarize(text: str, transcript: str | None = None) -> str | None:
+    return _label_problem(text)
+
+
+def check_elaborate(text: str, transcript: str | None = None) -> str | None:
+    problem = _label_problem(text)
+    if problem:
+        return problem
+    if transcript and not quotes_transcript(text, transcript):
+        return "quotes no words of the transcript"
+    if not transcript and not QUOTED.search(text):
+        return "quotes nothing"
+    return None
+
+
+# --- the registry: one entry per target type ----------------------------------------------------------
+
+TARGET_TYPES: dict[str, TargetType] = {
+    # C²SER Stage 1: rate / pitch / volume levels + transcript -> emotion.
+    "c2ser_explicit": TargetType(teacher_prompt="c2ser_explicit_teacher", instruction="c2ser_explicit_instruction",
+                                 tables=("utt2attr",), check=check_c2ser_explicit, offline="c2ser_explicit",
+                                 names_label=True),
+    # C²SER Stage 2: a description in terms of the label only.
+    "c2ser_implicit": TargetType(teacher_prompt="c2ser_implicit_teacher", instruction="c2ser_implicit_instruction",
+                                 tables=(), check=check_c2ser_implicit, offline="c2ser_implicit", names_label=True),
+    # CogAudio Stage I: EIPS <thought> + <response>; Stage II: the response alone.
+    "eips": TargetType(teacher_prompt="eips_teacher", instruction="cogaudio_prompt_a", tables=(),
+                       check=check_eips, check_gold=check_eips_gold, offline="eips"),
+    "direct_response": TargetType(teacher_prompt="direct_response_teacher", instruction="cogaudio_prompt_b",
+                                  tables=(), check=check_direct_response, offline="direct_response"),
+    # Ambiguity reasoning: Table 1 steps ending in the soft label.
+    "ambiguity_cot": TargetType(teacher_prompt="ambiguity_teacher", instruction="ambiguity_instruction",
+                                tables=("utt2dist", "utt2attr"), check=check_ambiguity_cot,
+                                check_gold=check_ambiguity_cot_gold, keeps_dist=True, offline="ambiguity_cot"),
+    # AudioLLM-Reasoning: interpretive and evidence-grounded explanations (question pool instructions).
+    "summarize": TargetType(teacher_prompt="reasoning_summarize", instruction="questions", tables=(),
+                            check=check_summarize, offline="summarize", names_label=True),
+    "elaborate": TargetType(teacher_prompt="reasoning_elaborate", instruction="questions", tables=(),
+                            check=check_elaborate, offline="elaborate", names_label=True),
+}
+
+
+def _spec(target_type: str) -> TargetType:
+    if target_type not in TARGET_TYPES:
+        raise ValueError(f"unknown target type '{target_type}' (known: {', '.join(TARGET_TYPES)})")
+    return TARGET_TYPES[target_type]
 
 
 def format_problem(target_type: str, text: str | None, transcript: str | None = None) -> str | None:
@@ -223,44 +329,10 @@ def format_problem(target_type: str, text: str | None, transcript: str | None = 
     model trained on a format should write it.  ``transcript``, when known,
     is what an ``elaborate`` output must quote; without it any quotation counts.
     """
-    if target_type not in TARGET_TYPES:
-        raise ValueError(f"unknown target type '{target_type}' (known: {', '.join(TARGET_TYPES)})")
+    spec = _spec(target_type)
     if text is None or not text.strip():
         return "empty output"
-    if target_type == "eips":
-        match = EIPS_FORMAT.fullmatch(text)
-        if not match:
-            return "not <thought>...</thought><response>...</response>"
-        missing = [step for step, pattern in EIPS_STEPS.items()
-                   if not re.search(pattern, match["thought"], re.IGNORECASE)]
-        if missing:
-            return f"thought lacks the EIPS step(s) {', '.join(missing)}"
-        return None if match["response"].strip() else "empty response"
-    if target_type == "direct_response":
-        return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", text) else None
-    if target_type == "ambiguity_cot":
-        missing = [s for s in AMBIGUITY_STEPS if s.lower() not in text.lower()]
-        if missing:
-            return f"lacks {', '.join(missing)}"
-        try:
-            parse_distribution_line(text)
-        except ValueError as e:
-            return f"bad distribution: {e}"
-        return None
-    if not any(names_label(text, label) for label in LABEL_FORMS):
-        return "names no emotion label"
-    if target_type == "c2ser_explicit":
-        missing = [name for name, pattern in SPEECH_FEATURES.items() if not re.search(pattern, text, re.IGNORECASE)]
-        if missing:
-            return f"does not describe the speech's {', '.join(missing)}"
-    if target_type == "c2ser_implicit" and len(text.split()) > IMPLICIT_MAX_WORDS:
-        return f"{len(text.split())} words: not a short description in terms of the label"
-    if target_type == "elaborate":
-        if transcript and not quotes_transcript(text, transcript):
-            return "quotes no words of the transcript"
-        if not transcript and not QUOTED.search(text):
-            return "quotes nothing"
-    return None
+    return spec.check(text, transcript)
 
 
 def check_target(request: Request, answer: str | None) -> str | None:
@@ -268,21 +340,14 @@ def check_target(request: Request, answer: str | None) -> str | None:
     (:func:`format_problem`), then whether it argues for the gold label."""
     if answer is None or not answer.strip():
         return "teacher gave no answer"
-    t, label = request.type, request.label
+    spec = _spec(request.type)
     # Naming the wrong label is the more telling reason, so it comes before the format's.
-    if t in LABEL_NAMING_TYPES and not names_label(answer, label):
-        return f"does not name the gold label '{label}'"
-    problem = format_problem(t, answer, request.text)
+    if spec.names_label and not names_label(answer, request.label):
+        return f"does not name the gold label '{request.label}'"
+    problem = format_problem(request.type, answer, request.text)
     if problem:
         return problem
-    if t == "eips" and not names_label(EIPS_FORMAT.fullmatch(answer)["thought"], label):
-        return f"thought does not name the gold label '{label}'"
-    if t == "ambiguity_cot" and request.dist:
-        predicted = parse_distribution_line(answer)
-        if not _argmax(predicted) & _argmax(request.dist):
-            return (f"distribution arg-max {'/'.join(sorted(_argmax(predicted)))} is not the gold majority "
-                    f"{'/'.join(sorted(_argmax(request.dist)))}")
-    return None
+    return spec.check_gold(request, answer) if spec.check_gold else None
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -322,7 +387,7 @@ def make_targets(data_dir: Path | str, teacher: Teacher, types: Sequence[str],
             continue
         record = {"utt": request.utt, "type": request.type, "target": answer.strip(),
                   "label": request.label, "teacher": teacher.name}
-        if request.type == "ambiguity_cot":
+        if TARGET_TYPES[request.type].keeps_dist:
             record["dist"] = request.dist
         records.append(record)
     for utt, t, reason in rejected:

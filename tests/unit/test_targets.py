@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from local.data.kaldi import DataDir, DataDirError
+from local.data.kaldi import DataDir, DataDirError, parse_dist
 from local.reasoning.offline import OfflineTeacher
-from local.reasoning.targets import (TARGET_TYPES, build_requests, check_target, format_problem, make_targets,
+from local.reasoning.targets import (TARGET_TYPES, TargetType, build_requests, check_target, format_problem, make_targets,
                                      names_label, parse_distribution_line)
 from local.reasoning.teacher import Request, Teacher
 from local.utils.hydra import compose
@@ -253,6 +253,49 @@ def test_format_problem_judges_the_format_alone(tmp_path):
     assert check_target(Request(key="u eips", type="eips", label="anger", text="t"), eips) == \
         "thought does not name the gold label 'anger'"
 
+
+
+def test_a_new_target_type_is_one_registry_entry(tmp_path, monkeypatch):
+    """A type registered in TARGET_TYPES alone (no module edited) is asked, checked and written by stage 3."""
+
+    def check_toy(text, transcript=None):
+        return None if text.startswith("Verdict: ") else "no 'Verdict:' line"
+
+    def check_toy_gold(request, answer):
+        verdict = answer.split()[1]
+        return None if verdict == request.label else f"verdict {verdict} is not the gold label '{request.label}'"
+
+    class ToyTeacher(OfflineTeacher):
+        def toy(self, r):
+            if r.utt == "spk2-b01":
+                raise ValueError(f"{r.key}: no toy verdict")       # a writer that fails: no answer
+            return {"spk1-a01": "Verdict: disgust (not anger)",     # names the gold, argues for another
+                    "spk1-a02": "Verdict: sadness",                 # names another label only
+                    "spk1-a03": "neutral, I think"}.get(r.utt, f"Verdict: {r.label}")  # not the format
+
+    monkeypatch.setitem(TARGET_TYPES, "toy", TargetType(
+        teacher_prompt="eips_teacher", instruction="c2ser_implicit_instruction", tables=(),
+        check=check_toy, names_label=True, check_gold=check_toy_gold, keeps_dist=True, offline="toy"))
+
+    assert format_problem("toy", "Verdict: anger") is None and format_problem("toy", " ") == "empty output"
+    assert format_problem("toy", "anger") == "no 'Verdict:' line"
+    with pytest.raises(ValueError, match="the offline teacher cannot write target type 'toy'"):
+        OfflineTeacher().generate([Request(key="u toy", type="toy", label="anger", text="t")])
+
+    data = write_data_dir(tmp_path / "train")
+    assert make_targets(data, ToyTeacher(), ["toy", "eips"]) == {"written": len(UTTS) + 3, "rejected": 4}
+    lines = (data / "targets.rejected").read_text(encoding="utf-8").splitlines()
+    assert lines == ["spk1-a01 toy verdict disgust is not the gold label 'anger'",
+                     "spk1-a02 toy does not name the gold label 'happiness'",
+                     "spk1-a03 toy no 'Verdict:' line",
+                     "spk2-b01 toy teacher gave no answer"]
+    records = read_jsonl(data / "targets.jsonl")
+    toy = {r["utt"]: r for r in records if r["type"] == "toy"}
+    assert sorted(toy) == ["spk2-b02", "spk2-b03", "spk3-c01"]
+    for utt, r in toy.items():
+        assert r["target"] == f"Verdict: {UTTS[utt][0]}" and r["dist"] == parse_dist(UTTS[utt][3])
+        assert r["teacher"] == "offline"
+    assert all("dist" not in r for r in records if r["type"] == "eips")
 
 def test_entry_point_writes_every_set(tmp_path):
     from local.bin.targets import main
