@@ -128,7 +128,7 @@ def _card(cfg: Mapping, facts: Mapping, model: AudioLLM, card: Mapping | None, l
     lines.append(f"- Labels: {', '.join(facts.get('labels') or []) or 'missing: training.yaml names none'}")
     for kind, spec in (facts.get("targets") or {}).items():
         spec = spec if isinstance(spec, Mapping) else {"name": spec}
-        lines.append(f"- Target `{kind}`, instruction `{spec.get('name')}`: {spec.get('text')!r}")
+        lines.append(f"- Target `{kind}`, instruction `{spec.get('instruction')}`: {spec.get('text')!r}")
     if not facts.get("targets"):
         lines.append("- Targets: missing: training.yaml records none")
     lines.append(f"- Transcript in the prompt: {facts.get('transcript_in_prompt', 'not recorded')}")
