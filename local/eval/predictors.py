@@ -40,6 +40,7 @@ about its speaker.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -207,10 +208,29 @@ class AudioLLMPredictor(Predictor):
     def detect(cls, path: Path) -> bool:
         return (path / "model.yaml").is_file() and (path / "trained.pt").is_file()
 
+    @staticmethod
+    def run_dir(path: Path) -> Path:
+        """Where the stage that wrote ``path`` ran: its model.yaml names the recipe's own parts relative to
+        the recipe dir (``e2v.path: exp/e2vs/model``), as ESPnet's stages run from ``egs/<corpus>/``: the
+        current dir or the model dir's nearest ancestor under which most of them exist (a hub id such as
+        ``Qwen/Qwen2-7B`` exists under none, and counts for none)."""
+        cfg = OmegaConf.load(path / "model.yaml")
+        relative = [str(v) for key in (cfg.get("sources") or {})
+                    if (v := OmegaConf.select(cfg, key, default=None)) and not Path(str(v)).is_absolute()]
+        bases = [Path.cwd(), *path.resolve().parents]
+        found = [sum((base / r).exists() for r in relative) for base in bases]
+        return bases[found.index(max(found))] if relative else Path.cwd()
+
     @classmethod
     def load(cls, path: Path, device: torch.device, prompt: str) -> "AudioLLMPredictor":
         from local.models.alm import load_alm
-        return cls(load_alm(path), str(path), prompt, device)
+        base, here, where = cls.run_dir(path), Path.cwd(), path.resolve()
+        os.chdir(base)  # load_alm reads the relative paths as the stage wrote them
+        try:
+            model = load_alm(where)
+        finally:
+            os.chdir(here)
+        return cls(model, str(path), prompt, device)
 
 
 class ExportedPredictor(AudioLLMPredictor):

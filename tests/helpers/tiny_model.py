@@ -24,7 +24,7 @@ from local.utils.hydra import CONF_DIR
 
 
 def tiny_model(root: Path, labels: Sequence[str] = EMOTIONS, overrides: Sequence[str] = (), seed: int = 0):
-    """The unsaved model (facts set) and the tokenizer dir it uses."""
+    """The unsaved model, its facts set as stage 6 sets them; its tokenizer is written to root/tokenizer."""
     texts = [f"The emotion was inferred to be {label}." for label in labels] * 4
     texts += ["Describe the speaking rate, pitch and volume, then infer the emotion.",
               "Which emotion does the speaker express?", "Distribution: " + " ".join(labels)] * 4

@@ -256,3 +256,23 @@ def test_the_distribution_is_read_where_the_text_names_its_label(predictor, tmp_
             assert r["dist_at"] == "label" and isinstance(slot[0], Readout)
             expected = slot[0].distributions(predictor.model, sub, [predictor.instruction], [slot[2]])[0]
         assert max(abs(expected[k] - r["dist"][k]) for k in expected) < 1e-5
+
+
+def test_a_recipe_model_dir_loads_from_anywhere(tmp_path, monkeypatch):
+    """model.yaml names the recipe's own parts relative to the recipe dir (e2v.path: exp/e2vs/model), as
+    the stages ran there; `emoreason-infer --model egs/<corpus>/exp/...` from the top of the repository
+    must find them."""
+    from local.models.alm import save_alm
+    from local.models.emotion2vec_s import build_e2v
+    from tests.helpers.tiny_model import tiny_model
+    recipe = tmp_path / "egs" / "toy"
+    build_e2v(None, "tiny", init_seed=3).save_pretrained(recipe / "exp" / "e2vs" / "model")
+    monkeypatch.chdir(recipe)
+    model = tiny_model(tmp_path / "parts", overrides=["e2v.path=exp/e2vs/model"])
+    save_alm(model, recipe / "exp" / "c2ser" / "sft" / "model")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    predictor = load_predictor("../egs/toy/exp/c2ser/sft/model", "cpu")
+    assert predictor.model.config.e2v.path == "exp/e2vs/model"
+    assert predictor.describe().startswith("recipe model ../egs/toy/exp/c2ser/sft/model")
+    assert (tmp_path / "elsewhere").samefile(".")  # the loader went back where it was
