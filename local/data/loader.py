@@ -216,7 +216,7 @@ def _decode(key: str, fields: dict[str, bytes], audio_format: str, load_audio: b
     return sample
 
 
-def _pad(arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_arrays(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad along the first axis: ([B, T, ...], lengths [B])."""
     lens = torch.tensor([len(a) for a in arrays], dtype=torch.long)
     out = torch.zeros((len(arrays), int(lens.max()), *arrays[0].shape[1:]), dtype=torch.float32)
@@ -234,11 +234,11 @@ def collate(samples: list[dict]) -> dict:
     batch = {"utts": [s["utt"] for s in samples], "meta": [s["meta"] for s in samples],
              "targets": [s["targets"] for s in samples]}
     if "wav" in samples[0]:
-        batch["wav"], batch["wav_lens"] = _pad([s["wav"] for s in samples])
+        batch["wav"], batch["wav_lens"] = pad_arrays([s["wav"] for s in samples])
     if samples[0]["feats"]:
         batch["feats"], batch["feat_lens"] = {}, {}
         for name in samples[0]["feats"]:
-            batch["feats"][name], batch["feat_lens"][name] = _pad([s["feats"][name] for s in samples])
+            batch["feats"][name], batch["feat_lens"][name] = pad_arrays([s["feats"][name] for s in samples])
     return batch
 
 

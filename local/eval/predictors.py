@@ -50,6 +50,7 @@ import torch
 from omegaconf import OmegaConf
 
 from local.data.labels import EMOTIONS
+from local.data.loader import pad_arrays
 from local.eval.extract import concluding_mention, explain
 from local.models.readout import Readout
 from local.utils.hydra import CONF_DIR
@@ -70,11 +71,9 @@ def pick_device(device: str) -> torch.device:
 
 
 def pad(wavs: Sequence[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(w) for w in wavs])
-    out = torch.zeros(len(wavs), int(lens.max()))
-    for i, w in enumerate(wavs):
-        out[i, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    return out.to(device), lens.to(device)
+    """A batch as the loaders make it (:func:`local.data.loader.pad_arrays`), on ``device``."""
+    wav, lens = pad_arrays(wavs)
+    return wav.to(device), lens.to(device)
 
 
 def conclude(text: str | None, dist: dict[str, float] | None, labels: Sequence[str]) -> dict:
