@@ -32,6 +32,7 @@ from typing import Iterable, Iterator, Mapping, Sequence, TextIO
 import numpy as np
 
 from local.data.audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, audio_info, file_spec, read_audio
+from local.data.corpora.files import in_sight
 from local.data.kaldi import read_table
 from local.data.segments import Segmenter
 from local.eval.predictors import Predictor
@@ -50,11 +51,6 @@ class Input:
     error: str | None = None
 
 
-def _is_junk(path: Path, root: Path) -> bool:
-    """Hidden files and folders (macOS' ``._x.wav`` twins among them) and ``__MACOSX``: never audio."""
-    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
-
-
 def list_inputs(paths: Sequence[str], stdin: TextIO | None = None) -> list[Input]:
     """Expand the command line's PATHs; ``-`` reads one PATH per line from ``stdin``."""
     out: list[Input] = []
@@ -65,8 +61,9 @@ def list_inputs(paths: Sequence[str], stdin: TextIO | None = None) -> list[Input
             continue
         path = Path(given)
         if path.is_dir():
+            # hidden files (macOS' ._x.wav twins) and __MACOSX copies are never audio
             files = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not _is_junk(p, path))
+                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and in_sight(p, path))
             out += [Input(str(p), file_spec(p)) for p in files] or [
                 Input(given, None, f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder")]
         elif path.is_file() and (path.name == "wav.scp" or path.suffix == ".scp"):

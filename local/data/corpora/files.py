@@ -28,6 +28,11 @@ def is_junk(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def in_sight(path: Path, root: Path) -> bool:
+    """Not inside a hidden folder or a macOS archive's ``__MACOSX`` copy (``path`` is under ``root``)."""
+    return not any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
+
+
 def find(root: Path, pattern: str) -> list[Path]:
     """Files under ``root`` matching the glob ``pattern``, junk left out, sorted."""
     return sorted(p for p in root.glob(pattern) if p.is_file() and not is_junk(p))

@@ -35,7 +35,7 @@ import shlex
 from pathlib import Path
 
 from local.data.audio import FFMPEG_PIPE
-from local.data.corpora.files import CorpusError, find, finish, locate, read_lines
+from local.data.corpora.files import CorpusError, find, finish, in_sight, locate, read_lines
 from local.data.kaldi import DataDir
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,6 @@ def speaker_id(name: str) -> str:
     """A character name as a Kaldi id and a file name: ``The Interviewer`` is ``The_Interviewer``, ``Mrs. Green``
     ``Mrs_Green`` (webdataset would read a dot as the start of the file extension)."""
     return re.sub(r"[^\w-]+", "_", clean(name), flags=re.ASCII).strip("_")
-
-
-def in_sight(path: Path, root: Path) -> bool:
-    """Not inside a hidden folder or a macOS archive's ``__MACOSX`` copy."""
-    return not any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
 
 
 def pick_csv(root: Path, split: str) -> Path:
