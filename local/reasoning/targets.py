@@ -83,10 +83,11 @@ def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> list[str]:
     a system that trains on it then finds no such targets in stage 6."""
     usable = []
     for t in types:
-        for table in ("text", "utt2emo", *_spec(t).tables):
+        tables = target_spec(t).tables
+        for table in ("text", "utt2emo", *tables):
             if table not in data and table not in CORPUS_OPTIONAL:
                 raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
-        missing = [table for table in TARGET_TYPES[t].tables if table not in data]
+        missing = [table for table in tables if table not in data]
         if missing:
             log.warning("%s: no %s, so no %s targets", path, " or ".join(missing), t)
         else:
@@ -315,7 +316,8 @@ TARGET_TYPES: dict[str, TargetType] = {
 }
 
 
-def _spec(target_type: str) -> TargetType:
+def target_spec(target_type: str) -> TargetType:
+    """The registry entry of ``target_type``, or the error every stage gives for an unknown one."""
     if target_type not in TARGET_TYPES:
         raise ValueError(f"unknown target type '{target_type}' (known: {', '.join(TARGET_TYPES)})")
     return TARGET_TYPES[target_type]
@@ -329,7 +331,7 @@ def format_problem(target_type: str, text: str | None, transcript: str | None = 
     model trained on a format should write it.  ``transcript``, when known,
     is what an ``elaborate`` output must quote; without it any quotation counts.
     """
-    spec = _spec(target_type)
+    spec = target_spec(target_type)
     if text is None or not text.strip():
         return "empty output"
     return spec.check(text, transcript)
@@ -340,7 +342,7 @@ def check_target(request: Request, answer: str | None) -> str | None:
     (:func:`format_problem`), then whether it argues for the gold label."""
     if answer is None or not answer.strip():
         return "teacher gave no answer"
-    spec = _spec(request.type)
+    spec = target_spec(request.type)
     # Naming the wrong label is the more telling reason, so it comes before the format's.
     if spec.names_label and not names_label(answer, request.label):
         return f"does not name the gold label '{request.label}'"

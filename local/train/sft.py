@@ -53,7 +53,7 @@ from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
 from local.models.tokenizer import train_tokenizer
 from local.reasoning.prompts import instruction, load_questions, with_transcript
-from local.reasoning.targets import TARGET_TYPES
+from local.reasoning.targets import TARGET_TYPES, target_spec
 from local.train.loop import Trainer
 from local.train.trainer_config import TrainerConfig, planned_steps
 from local.train.rl.losses import kl_to_target
@@ -79,8 +79,7 @@ class TargetSchedule:
         if self.mode not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got '{self.mode}'")
         for t in (self.explicit, self.implicit):
-            if t not in TARGET_TYPES:
-                raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
+            target_spec(t)
 
     def p_explicit(self, step: int) -> float:
         if self.mode == "linear":

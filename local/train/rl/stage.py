@@ -47,7 +47,7 @@ from local.eval.metrics import js_divergence
 from local.models.alm import AudioLLM, batch_speakers, load_alm, save_alm, trained_state
 from local.utils.paths import rl_start_model
 from local.models.readout import Readout, gold_distributions
-from local.reasoning.targets import TARGET_TYPES
+from local.reasoning.targets import target_spec
 from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
@@ -147,8 +147,8 @@ class PolicyOptimisation:
         if self.reward_kind == "dual_route" and judge is None:
             raise ValueError("the dual_route reward needs a judge")
         for t in (stage.target, stage.get("route_b")):
-            if t is not None and t not in TARGET_TYPES:
-                raise ValueError(f"unknown target type '{t}' (known: {', '.join(TARGET_TYPES)})")
+            if t is not None:
+                target_spec(t)
         if not model.facts.get("readout"):
             raise ValueError("stage 8 reads the class-name distribution, and the model it starts from was trained "
                              "without a read-out (sft.readout)")
