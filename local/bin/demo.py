@@ -125,15 +125,12 @@ def free_port(host: str) -> int:
 
 
 def main(argv=None) -> int:
+    from local.bin.infer import add_model_options
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a model dir: any kind local.eval.predictors reads")
+    add_model_options(parser)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--prompt", default=None,
-                        help="prompt mode or target type (implicit, explicit, ...; default: implicit when the model "
-                             "was trained on it, else its only target type)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860, help="0: any free port")
-    parser.add_argument("--max_seconds", type=float, default=30.0, help="longest segment the model hears at once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line per request

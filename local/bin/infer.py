@@ -24,19 +24,26 @@ from local.eval.predictors import load_predictor
 log = logging.getLogger("infer")
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """What to run and how it hears: the options this command and the web demo (local.bin.demo) share."""
+    p.add_argument("--model", required=True,
+                   help="a recipe model dir, an export, the C²SER release, emotion2vec+ or Qwen2-Audio "
+                        "(local/eval/predictors.py)")
+    p.add_argument("--prompt", default=None,
+                   help="implicit | explicit | a target type the model was trained on (default: implicit when the "
+                        "model was trained on it, else its only target type)")
+    p.add_argument("--max_seconds", type=float, default=30.0, help="longest utterance the model hears at once")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emoreason-infer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders, wav.scp files, or - (stdin)")
-    p.add_argument("--model", required=True, help="a recipe model dir, an export, the C²SER release or emotion2vec+")
+    add_model_options(p)
     p.add_argument("--out", help="write the JSON lines here (atomically, at the end) instead of stdout")
     p.add_argument("--format", choices=("jsonl", "table"), default="jsonl", help="JSON lines, or a table for people")
-    p.add_argument("--prompt", default=None,
-                   help="implicit | explicit | a target type the model was trained on (default: implicit when the "
-                        "model was trained on it, else its only target type)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch_size", type=int, default=8, help="utterances per model call")
-    p.add_argument("--max_seconds", type=float, default=30.0, help="longest utterance the model hears at once")
     p.add_argument("--split", choices=SPLITS, default="auto",
                    help="auto: cut inputs longer than --max_seconds by voice activity; always; never")
     p.add_argument("--vad", choices=("auto", "silero", "energy"), default="auto",
