@@ -2,12 +2,12 @@
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from local.bin.stages import stage_run
 from local.data.asr import transcribe
 from local.data.audio import read_audio
-from local.data.format import format_data_dir
+from local.data.format import format_data_dir, load_sentiment_map
 from local.data.kaldi import validate_data_dir
 from local.data.labels import LabelSet
 from local.utils.hydra import entry_point
@@ -25,10 +25,12 @@ def format_sets(cfg: DictConfig) -> None:
     labels = LabelSet.from_config(cfg.corpus)
     filtered = {cfg.train_set, cfg.dev_set}  # ESPnet's rule: train and dev are filtered, test sets never
     lo, hi = cfg.format.min_dur, cfg.format.max_dur
+    spec = cfg.corpus.get("sentiment_map")
+    sentiment_map = load_sentiment_map(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec)
     for name in dict.fromkeys([cfg.train_set, cfg.dev_set, *cfg.test_sets]):
         path = Path(cfg.data_root) / name
         data = format_data_dir(path, path, Path(cfg.dump_root) / "audio" / name, labels, lo, hi,
-                               nj=cfg.nj, filter_duration=name in filtered)
+                               nj=cfg.nj, filter_duration=name in filtered, sentiment_map=sentiment_map)
         if "text" not in data and cfg.format.asr.model:
             add_transcripts(path, data, cfg.format.asr)
         validate_data_dir(path, labels=labels.labels if name in filtered else labels.extended().labels)

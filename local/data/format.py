@@ -12,19 +12,25 @@ What cannot be read (or is a duplicate, or has an unknown label) is rejected
 everywhere, since there is nothing to keep.  The caller says which sets are
 test sets; the names of the sets mean nothing here.
 
+A set without an ``utt2sentiment`` of its own gets one from its emotions when
+the corpus config has a ``sentiment_map`` (AudioLLM-Reasoning's SR task needs a
+sentiment; MELD annotates one, other corpora do not).
+
 Audio that is not already 16 kHz mono WAV/FLAC (or is a pipe or a segment of a
 longer recording) is converted once into ``<dump_root>/audio/<set>/`` so that
 every later stage reads plain 16 kHz files.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Mapping
 
 from local.data.audio import SAMPLE_RATE, AudioError, audio_info, read_audio, write_wav
-from local.data.kaldi import REQUIRED, DataDir, DataDirError, format_dist, parse_dist
+from local.data.kaldi import REQUIRED, SENTIMENTS, DataDir, DataDirError, format_dist, parse_dist
 from local.data.labels import LabelSet
 from local.utils.jobs import map_jobs
 
@@ -104,6 +110,40 @@ def harmonise_labels(data: DataDir, labels: LabelSet, keep_others: bool = False)
                  "(utterances per label: %s)", ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
 
 
+def load_sentiment_map(spec: str | Path | Mapping[str, str] | None) -> dict[str, str] | None:
+    """``corpus.sentiment_map`` (emotion -> positive | negative | neutral), a mapping or a JSON file; None or
+    empty: the corpus has no such map.  A value outside the three sentiments is an error naming it."""
+    if not spec:
+        return None
+    if isinstance(spec, Mapping):
+        mapping = {str(k): v for k, v in spec.items()}
+    else:
+        with open(spec, encoding="utf-8") as f:
+            mapping = {str(k): v for k, v in json.load(f).items()}
+    bad = {k: v for k, v in mapping.items() if v not in SENTIMENTS}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise ValueError(f"corpus.sentiment_map maps '{k}' to {v!r}, not one of {', '.join(SENTIMENTS)}")
+    return mapping
+
+
+def add_sentiment(data: DataDir, sentiment_map: Mapping[str, str] | None, where: Path | str = "") -> bool:
+    """Write utt2sentiment from utt2emo through ``sentiment_map``, unless the set has its own (MELD's
+    annotators judged sentiment apart from emotion, which a per-label map cannot do) or there is no map.
+
+    Runs after the labels are mapped, so the map speaks the recipe's label names.  A label the map
+    lacks is an error rather than a rejection: it is a gap in the config, the same for every utterance
+    of that label, and dropping them all would silently change the ER data too."""
+    if not sentiment_map or "utt2sentiment" in data or "utt2emo" not in data:
+        return False
+    missing = sorted(set(data["utt2emo"].values()) - set(sentiment_map))
+    if missing:
+        raise DataDirError(where, None, f"corpus.sentiment_map has no sentiment for the label(s) "
+                           f"{', '.join(missing)} of utt2emo; map each to {', '.join(SENTIMENTS)}")
+    data["utt2sentiment"] = {utt: sentiment_map[label] for utt, label in data["utt2emo"].items()}
+    return True
+
+
 def drop_inconsistent(data: DataDir) -> None:
     """Reject utterances that some table lacks, and ids that no utt2spk line declares."""
     for name in REQUIRED:
@@ -141,16 +181,19 @@ def _parse_segment(value: str) -> tuple[str, float, float]:
 
 def format_data_dir(src: Path | str, dst: Path | str, audio_dir: Path | str,
                     labels: LabelSet, min_dur: float, max_dur: float,
-                    nj: int = 1, filter_duration: bool = True) -> DataDir:
+                    nj: int = 1, filter_duration: bool = True,
+                    sentiment_map: Mapping[str, str] | None = None) -> DataDir:
     """Repair, check and normalise one data dir; write it atomically to ``dst``.
 
     ``filter_duration=False`` (test sets, which are never filtered) keeps utterances outside
     [min_dur, max_dur], and labels outside the recipe's set (see :func:`harmonise_labels`); how many
-    were kept that way is logged.
+    were kept that way is logged.  ``sentiment_map``: see :func:`add_sentiment`.
     """
     data = DataDir.load_lenient(src)
     drop_inconsistent(data)
     harmonise_labels(data, labels, keep_others=not filter_duration)
+    if add_sentiment(data, sentiment_map, src):
+        log.info("%s: utt2sentiment written from utt2emo through corpus.sentiment_map", src)
 
     segments = data.get("segments")
     jobs = []

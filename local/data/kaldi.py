@@ -12,6 +12,7 @@ place and renamed over it, so a crash never leaves a half-written dir behind.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,11 +29,13 @@ log = logging.getLogger(__name__)
 # Tables keyed by utterance id.  Only wav.scp and utt2spk are required.
 UTT_TABLES = (
     "wav.scp", "utt2spk", "text", "utt2emo", "utt2dist", "utt2lang", "utt2dur",
-    "utt2int", "utt2subset", "utt2attr", "utt2sentiment", "segments",
+    "utt2int", "utt2subset", "utt2attr", "utt2sentiment", "utt2qa", "segments",
 )
 REQUIRED = ("wav.scp", "utt2spk")
 # Tables whose value may be empty (an empty transcript is legal in Kaldi).
 MAY_BE_EMPTY = ("text",)
+# The values of utt2sentiment (MELD's three classes, and what corpus.sentiment_map may map an emotion to).
+SENTIMENTS = ("positive", "negative", "neutral")
 
 
 class DataDirError(ValueError):
@@ -154,6 +157,33 @@ def parse_kv(value: str) -> dict[str, str]:
 
 def format_kv(kv: Mapping[str, object]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items())
+
+
+def parse_qa(value: str) -> list[tuple[str, str]]:
+    """An utt2qa value, ``[["question", "answer"], ...]`` (JSON on one line), as (question, answer) pairs.
+
+    JSON rather than a bespoke syntax because questions and answers are free text with spaces,
+    quotes and any script; ``[]`` is an utterance nobody asked about."""
+    try:
+        pairs = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at character {e.pos}); expected [[question, answer], ...]") from None
+    if not isinstance(pairs, list):
+        raise ValueError(f"expected a JSON list of [question, answer] pairs, got {type(pairs).__name__}")
+    out = []
+    for n, pair in enumerate(pairs, 1):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ValueError(f"pair {n} is not [question, answer] (two strings): {json.dumps(pair, ensure_ascii=False)}")
+        question, answer = pair[0].strip(), pair[1].strip()
+        if not question or not answer:
+            raise ValueError(f"pair {n} has an empty {'question' if not question else 'answer'}")
+        out.append((question, answer))
+    return out
+
+
+def format_qa(pairs: Iterable[tuple[str, str]]) -> str:
+    """The utt2qa value of ``pairs``: one line of JSON, other scripts kept as they are."""
+    return json.dumps([[q, a] for q, a in pairs], ensure_ascii=False)
 
 
 # --- the data dir -------------------------------------------------------------
@@ -398,5 +428,16 @@ def validate_data_dir(path: Path | str, labels: Iterable[str] | None = EMOTIONS,
             parse_kv(value)
         except ValueError as e:
             raise DataDirError(path / "utt2attr", i, f"{utt}: {e}") from None
+
+    for i, (utt, value) in enumerate(data.tables.get("utt2qa", {}).items(), 1):
+        try:
+            parse_qa(value)
+        except ValueError as e:
+            raise DataDirError(path / "utt2qa", i, f"{utt}: {e}") from None
+
+    for i, (utt, value) in enumerate(data.tables.get("utt2sentiment", {}).items(), 1):
+        if value not in SENTIMENTS:
+            raise DataDirError(path / "utt2sentiment", i,
+                               f"unknown sentiment '{value}' for '{utt}' (known: {', '.join(SENTIMENTS)})")
 
     return data

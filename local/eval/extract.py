@@ -34,7 +34,7 @@ from typing import Sequence
 
 from local.data.labels import EMOTIONS
 from local.reasoning.prompts import render
-from local.reasoning.targets import LABEL_FORMS
+from local.reasoning.checks import LABEL_FORMS
 from local.reasoning.teacher import Request, Teacher
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 This is an honest stand-in.  It writes each target type in the format a real
 teacher is asked for (C²SER descriptions, EIPS ``<thought>``/``<response>``,
 ambiguity steps with a ``Distribution:`` line, summarize / elaborate
-explanations) from the structured fields of a request: gold label, transcript,
+explanations of an emotion or, for the SR types, a sentiment) from the structured fields of a request: gold label, transcript,
 attribute levels, soft label.  The reasoning is therefore correct by
 construction and shallow by construction; it exists so that every later stage
 runs, and is tested, on a machine with no model and no network.  Real runs use
@@ -21,7 +21,9 @@ import logging
 import re
 from typing import Any, Callable, Sequence
 
-from local.reasoning.targets import TARGET_TYPES, format_dist_line
+from local.reasoning.checks import format_dist_line
+from local.reasoning.targets import TARGET_TYPES
+from local.reasoning.tasks import task_spec
 from local.reasoning.teacher import Request, Teacher
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,34 @@ ELABORATE = [
     'The emotion is {label}. When the speaker says "{quote}", they describe something that {situation}; '
     "the wording itself carries the {label}.",
 ]
+# The SR task's versions (summarize_sr / elaborate_sr): the same two kinds of explanation of a sentiment.
+SENTIMENT_LEXICON: dict[str, dict[str, Any]] = {
+    "positive": dict(situation="pleases them or turned out well",
+                     intent=["to share their satisfaction", "to have the good side of it acknowledged"],
+                     adj=["upbeat", "approving"]),
+    "negative": dict(situation="troubles or displeases them",
+                     intent=["to voice a complaint or a worry", "to have the problem taken seriously"],
+                     adj=["critical", "unhappy"]),
+    "neutral": dict(situation="is routine and matter-of-fact",
+                    intent=["to pass on or obtain information", "to get a clear and practical answer"],
+                    adj=["matter-of-fact", "even"]),
+}
+SUMMARIZE_SR = [
+    "The speaker is talking about something that {situation}, and they seem to want {intent}. "
+    "The sentiment conveyed is {label}.",
+    "Reading between the lines, the speaker is dealing with something that {situation}; they want {intent}. "
+    "Overall, the speaker's sentiment is {label}.",
+    "The speaker's words describe something that {situation}, with a wish {intent}, so the sentiment is "
+    "best described as {label}.",
+]
+ELABORATE_SR = [
+    'The speaker\'s sentiment is {label}. The phrase "{quote}" points to something that {situation}, '
+    "which is what gives the words their {label} leaning.",
+    'The speaker sounds {adj}, and the sentiment is {label}. Here is why: "{quote}". These words describe '
+    "something that {situation}, which makes the {label} reading clear.",
+    'The sentiment is {label}. When the speaker says "{quote}", they describe something that {situation}; '
+    "the wording itself carries the {label} attitude.",
+]
 ADJECTIVE = {"anger": "angry", "happiness": "happy", "neutral": "neutral", "sadness": "sad",
              "surprise": "surprised", "disgust": "disgusted", "fear": "afraid"}
 
@@ -332,11 +362,27 @@ class OfflineTeacher(Teacher):
     def direct_response(self, r: Request) -> str:
         return self._response(r, "direct")
 
+    def _explanation(self, r: Request, emotion: list[str], sentiment: list[str]) -> str:
+        """A summarize / elaborate answer for the task of the request's type: an emotion (ER) or a
+        sentiment (SR, whose label is positive / negative / neutral)."""
+        task = task_spec(TARGET_TYPES[r.type].task).name
+        if task == "er":
+            return pick(emotion, self._id(r), r.type).format(**self._common(r))
+        if task != "sr":
+            raise ValueError(f"{r.key}: the offline teacher explains emotions and sentiments, not task '{task}'")
+        if r.label not in SENTIMENT_LEXICON:
+            raise ValueError(f"{r.key}: '{r.label}' is not a sentiment ({', '.join(SENTIMENT_LEXICON)})")
+        lex = SENTIMENT_LEXICON[r.label]
+        fields = {"label": r.label, "quote": key_phrase(r.text), "situation": lex["situation"],
+                  "intent": pick(lex["intent"], self._id(r), r.type, "intent"),
+                  "adj": pick(lex["adj"], self._id(r), r.type, "adj")}
+        return pick(sentiment, self._id(r), r.type).format(**fields)
+
     def summarize(self, r: Request) -> str:
-        return pick(SUMMARIZE, self._id(r), r.type).format(**self._common(r))
+        return self._explanation(r, SUMMARIZE, SUMMARIZE_SR)
 
     def elaborate(self, r: Request) -> str:
-        return pick(ELABORATE, self._id(r), r.type).format(**self._common(r))
+        return self._explanation(r, ELABORATE, ELABORATE_SR)
 
     def ambiguity_cot(self, r: Request) -> str:
         if not r.dist:

@@ -23,8 +23,11 @@ PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 
 @lru_cache(maxsize=None)
 def load_prompt(name: str) -> str:
-    """The text of ``prompts/<name>.txt`` without its leading ``#`` source lines."""
-    path = PROMPT_DIR / f"{name}.txt"
+    """The text of ``prompts/<name>.txt`` without its leading ``#`` source lines; a name ending in ``.txt`` is a
+    file of its own (a plugin system's prompt beside its module: README, "Adding a system")."""
+    path = Path(name) if name.endswith(".txt") else PROMPT_DIR / f"{name}.txt"
+    if name.endswith(".txt") and not path.is_file():
+        raise FileNotFoundError(f"no prompt file {path}")
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPT_DIR.glob("*.txt")))
         raise FileNotFoundError(f"no prompt '{name}' in {PROMPT_DIR} (known: {known})")

@@ -11,14 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from local.data.kaldi import DataDir, DataDirError, parse_dist, parse_kv
+from local.reasoning.checks import (check_ambiguity_cot, check_ambiguity_cot_gold, check_c2ser_explicit,
+                                    check_c2ser_implicit, check_direct_response, check_eips, check_eips_gold,
+                                    check_elaborate, check_elaborate_sr, check_label_only, check_label_only_sr,
+                                    check_plain_line, check_summarize, check_summarize_sr, check_transcript_gold,
+                                    format_dist_line, names_label)
 from local.reasoning.prompts import prompt_fields, render
+from local.reasoning.tasks import Task, gold_label, reference, task_spec
 from local.reasoning.teacher import Request, Teacher
 
 log = logging.getLogger(__name__)
@@ -27,64 +32,62 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
 class TargetType:
     """Everything stages 3 and 10 know of one target type; :data:`TARGET_TYPES` holds one per type,
-    so a new type is one entry there (and, for the offline teacher, one method on it)."""
-    teacher_prompt: str          # prompts/<name>.txt the teacher reads
-    instruction: str             # what the audio LLM reads: prompts/<name>.txt, or the questions.json pool
-    tables: tuple[str, ...]      # data-dir tables it needs besides text and utt2emo
+    so a new type is one entry there (and, for the offline teacher, one method on it).
+
+    A type is written either by a teacher (``teacher_prompt``) or straight from the data
+    (``from_data``: a transcript, a question's answer, the gold label in a sentence), whatever the
+    teacher backend: asking an LLM to copy a table would only add its mistakes."""
+    teacher_prompt: str | None = None  # prompts/<name>.txt the teacher reads; None: a from_data type
+    # What the audio LLM reads: prompts/<name>.txt, "questions" (a question of its task's pool, see
+    # local.reasoning.tasks) or "record" (the question its targets.jsonl record carries: SQA).
+    instruction: str
+    tables: tuple[str, ...] = ()  # data-dir tables it needs besides those of its task (see needed_tables)
     # The format validator (text, transcript or None) -> problem or None: needs no gold label, so
     # stage 10 asks it of a model's outputs (see format_problem).  Called with non-blank text.
     check: Callable[[str, str | None], str | None]
-    offline: str                 # the OfflineTeacher method that writes it
+    offline: str = ""             # the OfflineTeacher method that writes it ("" for a from_data type)
     names_label: bool = False    # the answer must name the gold label (checked before the format)
     # A further check against the gold (after the format passed): request, answer -> problem or None.
     check_gold: Callable[[Request, str], str | None] | None = None
     keeps_dist: bool = False     # its targets.jsonl record carries the request's soft label ("dist")
+    task: str = "er"             # the task it trains (local.reasoning.tasks.TASKS): er | sr | asr | sqa
+    # (data, utt, task) -> [{"target": ..., "question": ... (optional)}]; ValueError: the utterance has
+    # none, for the reason given.  Each target still passes ``check``.
+    from_data: Callable[[DataDir, str, Task], list[dict]] | None = None
 
-
-# Words that count as naming a label: a teacher writes "angry" as often as "anger".
-LABEL_FORMS = {
-    "anger": ("anger", "angry", "生气", "愤怒"),
-    "happiness": ("happiness", "happy", "joy", "开心", "高兴", "快乐"),
-    "neutral": ("neutral", "中性", "平静"),
-    "sadness": ("sadness", "sad", "sorrow", "悲伤", "难过", "伤心"),
-    "surprise": ("surprise", "surprised", "惊讶", "吃惊"),
-    "disgust": ("disgust", "disgusted", "厌恶", "恶心"),
-    "fear": ("fear", "fearful", "afraid", "scared", "害怕", "恐惧"),
-    # classes of recipes beyond the core 7 (RAVDESS, MSP-Podcast, EmoDB); any other label is its own only form
-    "calm": ("calm", "calmness"),
-    "contempt": ("contempt", "contemptuous", "轻蔑"),
-    "boredom": ("boredom", "bored", "无聊"),
-}
-
-EIPS_FORMAT = re.compile(r"\s*<thought>(?P<thought>.*?)</thought>\s*<response>(?P<response>.*?)</response>\s*",
-                         re.DOTALL)
-EIPS_STEPS = {"Emotion perception": r"emotion perception", "Intent": r"intent",
-              "Psychological modelling": r"psychological model(?:l)?ing", "Strategy": r"strategy"}
-AMBIGUITY_STEPS = ("Step 1", "Step 2", "Step 3")
-QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
-DIST_ITEM = re.compile(r"([A-Za-z_]+)\s*[:=]\s*([0-9]*\.?[0-9]+)")
-
-
-def format_dist_line(dist: dict[str, float]) -> str:
-    """``anger:0.60 sadness:0.40``: most likely first, two decimals, as the teachers are asked to write it."""
-    return " ".join(f"{l}:{p:.2f}" for l, p in sorted(dist.items(), key=lambda kv: (-kv[1], kv[0])) if p > 0)
+    def __post_init__(self):
+        if (self.teacher_prompt is None) == (self.from_data is None):
+            raise ValueError("a target type is written by a teacher (teacher_prompt) or from the data (from_data): "
+                             "give exactly one")
 
 
 # --- requests -----------------------------------------------------------------------
 
 # Tables a corpus may not have (a stage makes the others): a type that needs one is left out without it.
-CORPUS_OPTIONAL = ("utt2dist",)
+CORPUS_OPTIONAL = ("utt2dist", "utt2sentiment", "utt2qa")
+
+
+def needed_tables(target_type: str) -> tuple[str, ...]:
+    """The data-dir tables a type reads: the transcript (a teacher's prompt quotes it; ASR is it), its
+    task's label table, utt2qa for SQA, and the type's own ``tables``."""
+    spec = target_spec(target_type)
+    task = task_spec(spec.task)
+    needs = ["text"] if spec.teacher_prompt is not None or task.reference == "text" else []
+    needs += [task.label_table] if task.label_table else []
+    needs += ["utt2qa"] if task.reference == "qa" else []
+    return tuple(dict.fromkeys([*needs, *spec.tables]))
 
 
 def check_tables(data: DataDir, path: Path, types: Iterable[str]) -> list[str]:
     """The requested types this data dir can have, before asking anything.  A table a type needs that a
-    stage makes (utt2attr: stage 2) is an error when missing; a type that needs soft labels
-    (ambiguity_cot) is left out of a corpus without them (MELD, ESD: one label per utterance), saying so:
-    a system that trains on it then finds no such targets in stage 6."""
+    stage makes (utt2attr: stage 2) is an error when missing; a type that needs what a corpus may lack
+    is left out of it, saying so: soft labels (ambiguity_cot; MELD, ESD have one label per utterance),
+    a sentiment (the SR types; MELD has one, others only with corpus.sentiment_map) or question/answer
+    pairs (sqa).  A system that trains on such a type then finds no such targets in stage 6."""
     usable = []
     for t in types:
-        tables = target_spec(t).tables
-        for table in ("text", "utt2emo", *tables):
+        tables = needed_tables(t)
+        for table in tables:
             if table not in data and table not in CORPUS_OPTIONAL:
                 raise DataDirError(path / table, None, f"is missing; target type '{t}' needs it")
         missing = [table for table in tables if table not in data]
@@ -102,19 +105,22 @@ UNMEASURED = "unknown"
 
 def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en",
                    ) -> tuple[list[Request], list[tuple[str, str, str]]]:
-    """One request per (utterance, type), and the (utt, type, reason) of those that cannot be asked.
+    """One request per (utterance, teacher-written type), and the (utt, type, reason) of those that
+    cannot be asked.  Types written from the data (``from_data``) are not requests: see
+    :func:`data_targets`.
 
-    A type whose prompt states a level that stage 2 could not measure is not
-    asked: a teacher told the pitch is "unknown" would invent one, and the
-    target would teach the model a claim nobody measured.  Other types of the
-    same utterance are still asked.
+    A request carries its task's gold (the emotion for ER types, the sentiment for SR types) and
+    its task's wording in the prompt's ``${task}``.  An utterance without that gold is not asked.
+    A type whose prompt states a level that stage 2 could not measure is not asked either: a teacher
+    told the pitch is "unknown" would invent one, and the target would teach the model a claim nobody
+    measured.  Other types of the same utterance are still asked.
     """
+    types = [t for t in types if target_spec(t).from_data is None]
     requests, rejected = [], []
+    if not types:
+        return requests, rejected
     for utt in data.utts:
-        text, label = data["text"].get(utt, "").strip(), data["utt2emo"].get(utt)
-        if not label:
-            rejected += [(utt, t, "no label in utt2emo") for t in types]
-            continue
+        text = (data.get("text") or {}).get(utt, "").strip()
         lang = (data.get("utt2lang") or {}).get(utt, default_lang)
         try:
             attrs = parse_kv(data["utt2attr"][utt]) if "utt2attr" in data else {}
@@ -122,7 +128,7 @@ def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en"
         except ValueError as e:
             rejected += [(utt, t, f"bad utt2attr/utt2dist value: {e}") for t in types]
             continue
-        fields = {"text": text, "label": label, "task": "emotion"}
+        fields = {"text": text}
         # prompt field -> (utt2attr key, level)
         energy = "loudness" if "loudness" in attrs else "energy"
         levels = {"rate": ("rate", attrs.get("rate")), "pitch": ("pitch", attrs.get("pitch")),
@@ -132,161 +138,83 @@ def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en"
         if dist:
             fields["dist"] = format_dist_line(dist)
         for t in types:
+            spec = TARGET_TYPES[t]
+            task = task_spec(spec.task)
+            label = gold_label(task, data, utt)
+            if task.label_table and not label:
+                rejected.append((utt, t, f"no label in {task.label_table}"))
+                continue
             if not text:
                 rejected.append((utt, t, "empty transcript"))
                 continue
-            needs = prompt_fields(TARGET_TYPES[t].teacher_prompt)
+            needs = prompt_fields(spec.teacher_prompt)
             needed = sorted(key for k, key in unmeasured.items() if k in needs)
             if needed:
                 rejected.append((utt, t, f"attributes not measurable: {', '.join(needed)}"))
                 continue
             try:
-                prompt = render(TARGET_TYPES[t].teacher_prompt, **fields)
+                prompt = render(spec.teacher_prompt, **fields, label=label or "", task=task.wording)
             except KeyError as e:
                 rejected.append((utt, t, f"missing input for the prompt: {e.args[0]} (see utt2attr/utt2dist)"))
                 continue
-            requests.append(Request(key=f"{utt} {t}", type=t, prompt=prompt, utt=utt, label=label,
+            requests.append(Request(key=f"{utt} {t}", type=t, prompt=prompt, utt=utt, label=label or "",
                                     text=text, attrs=attrs, dist=dist, lang=lang))
     return requests, rejected
 
 
-# --- validation -----------------------------------------------------------------------
-
-def names_label(answer: str, label: str) -> bool:
-    """Whether the answer names ``label`` (or one of its word forms)."""
-    for form in LABEL_FORMS.get(label, (label,)):
-        if form.isascii():
-            if re.search(rf"\b{re.escape(form)}\b", answer, re.IGNORECASE):
-                return True
-        elif form in answer:
-            return True
-    return False
-
-
-def _normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-def quotes_transcript(answer: str, text: str) -> bool:
-    """Whether some double-quoted span of the answer is words of the transcript."""
-    transcript = _normalise(text)
-    for match in QUOTED.finditer(answer):
-        span = _normalise(match.group(1) or match.group(2))
-        if span and span in transcript:
-            return True
-    return False
+def data_targets(data: DataDir, types: Sequence[str]) -> tuple[list[tuple[Request, dict]], list[tuple[str, str, str]]]:
+    """The targets of the ``from_data`` types among ``types``: (request, item) per target, the request
+    standing for the utterance as a teacher's would (so :func:`check_target` checks both alike), and
+    the (utt, type, reason) of utterances that have none."""
+    types = [t for t in types if target_spec(t).from_data is not None]
+    items, rejected = [], []
+    for utt in data.utts if types else ():
+        text = (data.get("text") or {}).get(utt, "").strip()
+        for t in types:
+            spec = TARGET_TYPES[t]
+            task = task_spec(spec.task)
+            label = gold_label(task, data, utt)
+            if task.label_table and not label:
+                rejected.append((utt, t, f"no label in {task.label_table}"))
+                continue
+            try:
+                found = spec.from_data(data, utt, task)
+            except ValueError as e:
+                rejected.append((utt, t, str(e)))
+                continue
+            request = Request(key=f"{utt} {t}", type=t, utt=utt, label=label or "", text=text)
+            items += [(request, item) for item in found]
+    return items, rejected
 
 
-def parse_distribution_line(answer: str) -> dict[str, float]:
-    """The last ``Distribution: a:p b:q`` line of an answer; ValueError when absent or malformed."""
-    lines = [l for l in answer.splitlines() if l.strip().lower().startswith("distribution:")]
-    if not lines:
-        raise ValueError("no 'Distribution:' line")
-    # LLMs also write "anger: 0.6, sadness: 0.4"; accept any such spacing and separators.
-    dist = {label.lower(): float(p) for label, p in DIST_ITEM.findall(lines[-1].split(":", 1)[1])}
-    if not dist:
-        raise ValueError("no label:probability on the 'Distribution:' line")
-    if any(not 0 <= p <= 1 for p in dist.values()) or abs(sum(dist.values()) - 1) > 0.05:
-        raise ValueError(f"'Distribution:' probabilities do not sum to 1 ({sum(dist.values()):.2f})")
-    return dist
+# --- types written from the data (TargetType.from_data) -----------------------------------------------
+# (their checks, check_label_only ... check_transcript_gold, are in local.reasoning.checks)
 
 
-def _argmax(dist: dict[str, float]) -> set[str]:
-    top = max(dist.values())
-    return {l for l, p in dist.items() if p >= top - 1e-9}
+def label_only_sentence(label: str) -> str:
+    return f"The speaker's speech reflects {'an' if label[:1].lower() in 'aeiou' else 'a'} {label} state."
 
 
-# What C²SER's explicit CoT must describe (Table I: "Ensure including all speech features"), by the
-# nouns (or, for volume, also the adjectives) a description of each uses.
-SPEECH_FEATURES = {
-    "rate": r"\b(?:pace|rate|speed|tempo)\b|语速",
-    "pitch": r"\b(?:pitch|pitched|tone)\b|音调|音高|语调",
-    "volume": r"\b(?:volume|loudness|loud|quiet|soft|energy|level)\b|音量|响度",
-}
-# The implicit teacher is asked for fewer than ten words; twice that leaves room for an LLM's
-# phrasing, while an output that goes on to describe the speech is no longer implicit.
-IMPLICIT_MAX_WORDS = 20
+def label_only_targets(data: DataDir, utt: str, task: Task) -> list[dict]:
+    label = gold_label(task, data, utt)
+    sentence = label_only_sentence(label) if task.name == "er" else f"The speaker's sentiment is {label}."
+    return [{"target": sentence}]
 
 
-# --- the format of each type (TargetType.check) and its checks against the gold (TargetType.check_gold) ---
-
-def _label_problem(text: str) -> str | None:
-    return None if any(names_label(text, label) for label in LABEL_FORMS) else "names no emotion label"
-
-
-def check_c2ser_explicit(text: str, transcript: str | None = None) -> str | None:
-    problem = _label_problem(text)
-    if problem:
-        return problem
-    missing = [name for name, pattern in SPEECH_FEATURES.items() if not re.search(pattern, text, re.IGNORECASE)]
-    if missing:
-        return f"does not describe the speech's {', '.join(missing)}"
-    return None
+def transcript_targets(data: DataDir, utt: str, task: Task) -> list[dict]:
+    text = reference(task, data, utt)
+    if not text:
+        raise ValueError("empty transcript")
+    return [{"target": text}]
 
 
-def check_c2ser_implicit(text: str, transcript: str | None = None) -> str | None:
-    problem = _label_problem(text)
-    if problem:
-        return problem
-    if len(text.split()) > IMPLICIT_MAX_WORDS:
-        return f"{len(text.split())} words: not a short description in terms of the label"
-    return None
-
-
-def check_eips(text: str, transcript: str | None = None) -> str | None:
-    match = EIPS_FORMAT.fullmatch(text)
-    if not match:
-        return "not <thought>...</thought><response>...</response>"
-    missing = [step for step, pattern in EIPS_STEPS.items()
-               if not re.search(pattern, match["thought"], re.IGNORECASE)]
-    if missing:
-        return f"thought lacks the EIPS step(s) {', '.join(missing)}"
-    return None if match["response"].strip() else "empty response"
-
-
-def check_eips_gold(request: Request, answer: str) -> str | None:
-    if not names_label(EIPS_FORMAT.fullmatch(answer)["thought"], request.label):
-        return f"thought does not name the gold label '{request.label}'"
-    return None
-
-
-def check_direct_response(text: str, transcript: str | None = None) -> str | None:
-    return "contains <thought>/<response> tags" if re.search(r"</?(thought|response)>", text) else None
-
-
-def check_ambiguity_cot(text: str, transcript: str | None = None) -> str | None:
-    missing = [s for s in AMBIGUITY_STEPS if s.lower() not in text.lower()]
-    if missing:
-        return f"lacks {', '.join(missing)}"
+def qa_targets(data: DataDir, utt: str, task: Task) -> list[dict]:
+    """One target per (question, answer) pair of utt2qa: the answer, asked by its question."""
     try:
-        parse_distribution_line(text)
+        pairs = reference(task, data, utt) or []
     except ValueError as e:
-        return f"bad distribution: {e}"
-    return None
-
-
-def check_ambiguity_cot_gold(request: Request, answer: str) -> str | None:
-    if request.dist:
-        predicted = parse_distribution_line(answer)
-        if not _argmax(predicted) & _argmax(request.dist):
-            return (f"distribution arg-max {'/'.join(sorted(_argmax(predicted)))} is not the gold majority "
-                    f"{'/'.join(sorted(_argmax(request.dist)))}")
-    return None
-
-
-def check_summarize(text: str, transcript: str | None = None) -> str | None:
-    return _label_problem(text)
-
-
-def check_elaborate(text: str, transcript: str | None = None) -> str | None:
-    problem = _label_problem(text)
-    if problem:
-        return problem
-    if transcript and not quotes_transcript(text, transcript):
-        return "quotes no words of the transcript"
-    if not transcript and not QUOTED.search(text):
-        return "quotes nothing"
-    return None
+        raise ValueError(f"bad utt2qa value: {e}") from None
+    return [{"target": answer, "question": question} for question, answer in pairs]
 
 
 # --- the registry: one entry per target type ----------------------------------------------------------
@@ -313,7 +241,34 @@ TARGET_TYPES: dict[str, TargetType] = {
                             check=check_summarize, offline="summarize", names_label=True),
     "elaborate": TargetType(teacher_prompt="reasoning_elaborate", instruction="questions", tables=(),
                             check=check_elaborate, offline="elaborate", names_label=True),
+    # The same two for the SR task: the prompts' ${task} reads "sentiment (positive, negative, neutral)".
+    "summarize_sr": TargetType(teacher_prompt="reasoning_summarize", instruction="questions", task="sr",
+                               check=check_summarize_sr, offline="summarize", names_label=True),
+    "elaborate_sr": TargetType(teacher_prompt="reasoning_elaborate", instruction="questions", task="sr",
+                               check=check_elaborate_sr, offline="elaborate", names_label=True),
+    # The paper's "Label Only (Original)" baseline targets, from the gold label.
+    "label_only": TargetType(from_data=label_only_targets, instruction="questions", task="er",
+                             check=check_label_only, names_label=True),
+    "label_only_sr": TargetType(from_data=label_only_targets, instruction="questions", task="sr",
+                                check=check_label_only_sr, names_label=True),
+    # The speech tasks: the transcript (ASR) and each question's answer (SQA), from the data.
+    "asr": TargetType(from_data=transcript_targets, instruction="questions", task="asr",
+                      check=check_plain_line, check_gold=check_transcript_gold),
+    "sqa": TargetType(from_data=qa_targets, instruction="record", task="sqa", check=check_plain_line),
 }
+
+
+def register_target_type(name: str, spec: TargetType) -> TargetType:
+    """Add a target type (a plugin's); the same definition again is a no-op, another under a known name
+    an error.  Its task must be known, and a pool instruction needs a task with training questions."""
+    task = task_spec(spec.task)
+    if spec.instruction == "questions" and task.train_pool is None:
+        raise ValueError(f"target type '{name}': task '{task.name}' has no question pool; use instruction 'record'")
+    known = TARGET_TYPES.get(name)
+    if known is not None and known != spec:
+        raise ValueError(f"target type '{name}' is already registered with another definition")
+    TARGET_TYPES[name] = spec
+    return spec
 
 
 def target_spec(target_type: str) -> TargetType:
@@ -368,34 +323,50 @@ def _write_atomic(path: Path, lines: Iterable[str]) -> None:
 
 def make_targets(data_dir: Path | str, teacher: Teacher, types: Sequence[str],
                  default_lang: str = "en") -> dict[str, int]:
-    """Write ``targets.jsonl`` (and ``targets.rejected``) of one data dir; returns counts."""
+    """Write ``targets.jsonl`` (and ``targets.rejected``) of one data dir; returns counts.
+
+    A record is ``{"utt", "type", "task", "target", "label" (label tasks), "question" (SQA),
+    "teacher" ("data" for a from_data type), "dist" (keeps_dist types)}``."""
     path = Path(data_dir)
     data = DataDir.load(path)
     types = check_tables(data, path, list(dict.fromkeys(types)))
     requests, rejected = build_requests(data, types, default_lang)
-    answers = teacher.generate(requests)
+    # A run of from_data types only (asr, sqa) must not load a teacher model to answer nothing.
+    answers = teacher.generate(requests) if requests else []
     if len(answers) != len(requests):
         raise RuntimeError(f"{teacher.name} returned {len(answers)} answers for {len(requests)} requests")
     if requests and all(a is None for a in answers):
         # An unreachable endpoint or a broken model: empty targets must not pass for a finished stage.
         raise RuntimeError(f"{path}: teacher {teacher.name} answered none of {len(requests)} requests "
                            "(see the log above); nothing written")
+    from_data, data_rejected = data_targets(data, types)
+    rejected += data_rejected
 
     records = []
-    for request, answer in zip(requests, answers):
+    written = [(r, {"target": a}, teacher.name) for r, a in zip(requests, answers)]
+    written += [(r, item, "data") for r, item in from_data]
+    for request, item, source in written:
+        answer = item["target"]
         reason = check_target(request, answer)
         if reason:
             rejected.append((request.utt, request.type, reason))
             continue
-        record = {"utt": request.utt, "type": request.type, "target": answer.strip(),
-                  "label": request.label, "teacher": teacher.name}
-        if TARGET_TYPES[request.type].keeps_dist:
+        spec = TARGET_TYPES[request.type]
+        task = task_spec(spec.task)
+        # "label": the gold of the record's task (an emotion, a sentiment); free-text tasks have none.
+        record = {"utt": request.utt, "type": request.type, "task": task.name, "target": answer.strip()}
+        if task.label_table:
+            record["label"] = request.label
+        if item.get("question"):
+            record["question"] = item["question"]
+        record["teacher"] = source
+        if spec.keeps_dist:
             record["dist"] = request.dist
         records.append(record)
     for utt, t, reason in rejected:
         log.warning("%s: rejected %s target of %s: %s", path, t, utt, reason)
 
-    records.sort(key=lambda r: (r["utt"], r["type"]))
+    records.sort(key=lambda r: (r["utt"], r["type"]))  # stable: an utterance's SQA pairs keep their order
     _write_atomic(path / "targets.jsonl", (json.dumps(r, ensure_ascii=False) for r in records))
     if rejected:
         _write_atomic(path / "targets.rejected",

@@ -23,7 +23,7 @@ from local.data.labels import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_TYPES = {"c2ser_explicit", "c2ser_implicit", "eips", "direct_response", "ambiguity_cot",
-                "summarize", "elaborate"}
+                "summarize", "elaborate", "summarize_sr", "elaborate_sr", "label_only", "label_only_sr", "asr", "sqa"}
 
 
 def run_recipe(tmp: Path, *args: str) -> subprocess.CompletedProcess:

@@ -263,3 +263,62 @@ def test_a_test_set_keeps_labels_outside_the_set_and_train_does_not(tmp_path):
                                "spk1-utt1": "sadness", "spk1-utt2": "happiness"}  # joy spelled as the map does
     assert test.rejected == {"spk1-utt0": "label 'xxx' is dropped by corpus.label_map in utt2emo"}
     assert test["utt2dist"]["spk0-utt2"] == "happiness:1.0000"
+
+
+# --- utt2sentiment from corpus.sentiment_map, utt2qa kept ------------------------------------------------
+
+SENTIMENT_MAP = {"anger": "negative", "sadness": "negative", "neutral": "neutral", "happiness": "positive"}
+
+
+def test_sentiment_is_written_from_the_mapped_emotion_and_utt2qa_is_kept(data_dir, tmp_path):
+    from local.data.kaldi import format_qa, parse_qa
+
+    utts = DataDir.load(data_dir).utts
+    (data_dir / "utt2qa").write_text("".join(f"{u} {format_qa([(f'Which is {u}?', 'This one.')])}\n" for u in utts),
+                                     encoding="utf-8")
+    replace_line(data_dir / "utt2emo", 1, "spk0-utt1 sad\n")  # a corpus spelling: mapped before the sentiment
+    data = run_format(data_dir, tmp_path, sentiment_map=SENTIMENT_MAP)
+    assert not data.rejected
+    assert data["utt2sentiment"] == {"spk0-utt0": "negative", "spk0-utt1": "negative", "spk0-utt2": "neutral",
+                                     "spk1-utt0": "negative", "spk1-utt1": "negative", "spk1-utt2": "neutral"}
+    saved = validate_data_dir(data_dir)
+    assert saved["utt2sentiment"] == data["utt2sentiment"]
+    assert parse_qa(saved["utt2qa"]["spk0-utt2"]) == [("Which is spk0-utt2?", "This one.")]
+
+
+def test_a_sets_own_sentiment_wins_and_no_map_writes_none(data_dir, tmp_path):
+    utts = DataDir.load(data_dir).utts
+    (data_dir / "utt2sentiment").write_text("".join(f"{u} positive\n" for u in utts))  # MELD annotates its own
+    data = run_format(data_dir, tmp_path, sentiment_map=SENTIMENT_MAP)
+    assert set(data["utt2sentiment"].values()) == {"positive"}
+    (data_dir / "utt2sentiment").unlink()
+    assert "utt2sentiment" not in run_format(data_dir, tmp_path)
+
+
+def test_an_emotion_the_sentiment_map_lacks_is_an_error(data_dir, tmp_path):
+    from local.data.format import load_sentiment_map
+
+    before = (data_dir / "utt2emo").read_bytes()
+    with pytest.raises(DataDirError, match=r"corpus.sentiment_map has no sentiment for the label\(s\) neutral, "
+                                           r"sadness of utt2emo"):
+        run_format(data_dir, tmp_path, sentiment_map={"anger": "negative"})
+    assert (data_dir / "utt2emo").read_bytes() == before and not (data_dir / "utt2sentiment").exists()
+    with pytest.raises(ValueError, match="maps 'anger' to 'bad', not one of positive, negative, neutral"):
+        load_sentiment_map({"anger": "bad"})
+    assert load_sentiment_map(None) is None and load_sentiment_map({}) is None
+
+
+def test_stage_1_reads_the_sentiment_map_from_the_corpus_config(tmp_path):
+    from conftest import make_data_dir
+    from local.bin.format import main
+    from local.utils.hydra import compose
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_data_dir(tmp_path / "t").rename(root / "t")
+    args = [f"data_root={root}", f"dump_root={tmp_path / 'dump'}", "train_set=t", "dev_set=t", "test_sets=[]", "nj=1"]
+    main(compose(args + ["corpus.sentiment_map={anger: negative, sadness: negative, neutral: neutral}"]))
+    assert set(DataDir.load(root / "t")["utt2sentiment"].values()) == {"negative", "neutral"}
+    (root / "t" / "utt2sentiment").unlink()
+    main(compose(args))  # the default corpus has no map: no sentiment
+    assert not (root / "t" / "utt2sentiment").exists()

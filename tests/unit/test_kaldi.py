@@ -169,3 +169,51 @@ def test_a_corpus_own_labels_pass_with_any_labels(data_dir, capsys):
     assert len(validate_data_dir(data_dir, labels=None)) == 6
     assert validate_main([str(data_dir)]) == 1 and "unknown label 'fru'" in capsys.readouterr().err
     assert validate_main(["--any-labels", str(data_dir)]) == 0
+
+
+# --- utt2qa (SQA question/answer pairs) and utt2sentiment -------------------------------------------------
+
+def test_qa_round_trips_and_malformed_values_are_named():
+    from local.data.kaldi import format_qa, parse_qa
+
+    pairs = [("谁要回家了？", "我妹妹。"), ('What did she say, "exactly"?', "Nothing.")]
+    value = format_qa(pairs)
+    assert "\n" not in value and "谁" in value  # one line, the script kept as it is
+    assert parse_qa(value) == pairs and parse_qa("[]") == []
+    for bad, message in [("[[\"q\", \"a\"]", "not JSON"), ('{"q": "a"}', "expected a JSON list"),
+                         ('[["q", "a", "b"]]', "pair 1 is not \\[question, answer\\]"),
+                         ('[["q", "a"], ["q2", 3]]', "pair 2 is not"), ('[["q", " "]]', "pair 1 has an empty answer")]:
+        with pytest.raises(ValueError, match=message):
+            parse_qa(bad)
+
+
+def test_validator_names_a_bad_utt2qa_or_utt2sentiment_line(data_dir):
+    from local.data.kaldi import format_qa
+
+    utts = DataDir.load(data_dir).utts
+    good = {u: format_qa([(f"What is sentence {i}?", f"Number {i}.")]) for i, u in enumerate(utts)}
+    write(data_dir / "utt2qa", "".join(f"{u} {v}\n" for u, v in good.items()))
+    assert validate_data_dir(data_dir)["utt2qa"] == good
+    bad = dict(good, **{utts[3]: '[["What is it?"]]'})
+    write(data_dir / "utt2qa", "".join(f"{u} {v}\n" for u, v in bad.items()))
+    with pytest.raises(DataDirError) as e:
+        validate_data_dir(data_dir)
+    assert str(e.value).startswith(f"{data_dir}/utt2qa:4: {utts[3]}: pair 1 is not [question, answer]")
+    (data_dir / "utt2qa").unlink()
+    write(data_dir / "utt2sentiment", "".join(f"{u} {'positive' if i else 'happy'}\n" for i, u in enumerate(utts)))
+    with pytest.raises(DataDirError, match=r"utt2sentiment:1: unknown sentiment 'happy' for 'spk0-utt0'"):
+        validate_data_dir(data_dir)
+
+
+def test_subset_keeps_utt2qa_and_utt2sentiment(tmp_path):
+    from local.data.kaldi import format_qa, parse_qa
+
+    src = tmp_path / "src"
+    utts = [f"spk1_u{i}" for i in range(4)]
+    DataDir({"wav.scp": {u: f"/x/{u}.wav" for u in utts}, "utt2spk": {u: "spk1" for u in utts},
+             "utt2sentiment": {u: "neutral" for u in utts},
+             "utt2qa": {u: format_qa([(f"Which one is {u}?", u)]) for u in utts}}).save(src)
+    assert subset_main([str(src), str(tmp_path / "half"), "--every", "2"]) == 0
+    half = DataDir.load(tmp_path / "half")
+    assert set(half["utt2qa"]) == set(half["utt2sentiment"]) == {"spk1_u0", "spk1_u2"}
+    assert parse_qa(half["utt2qa"]["spk1_u2"]) == [("Which one is spk1_u2?", "spk1_u2")]

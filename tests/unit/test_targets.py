@@ -8,12 +8,14 @@ import pytest
 
 from local.data.kaldi import DataDir, DataDirError, parse_dist
 from local.reasoning.offline import OfflineTeacher
-from local.reasoning.targets import (TARGET_TYPES, TargetType, build_requests, check_target, format_problem, make_targets,
-                                     names_label, parse_distribution_line)
+from local.reasoning.checks import names_label, parse_distribution_line
+from local.reasoning.targets import TARGET_TYPES, TargetType, build_requests, check_target, format_problem, make_targets
 from local.reasoning.teacher import Request, Teacher
 from local.utils.hydra import compose
 
-ALL_TYPES = list(TARGET_TYPES)
+# The teacher-written emotion (ER) types, which the tests below were written for; the SR types, those written
+# from the data and the speech tasks' are tested further down, with the tables they need.
+ALL_TYPES = [t for t, spec in TARGET_TYPES.items() if spec.task == "er" and spec.from_data is None]
 
 # utt: (label, text, lang, dist, attrs)
 UTTS = {
@@ -308,3 +310,151 @@ def test_entry_point_writes_every_set(tmp_path):
     for name in ("train", "dev", "test"):
         records = read_jsonl(tmp_path / name / "targets.jsonl")
         assert len(records) == 2 * len(UTTS) and {r["type"] for r in records} == {"c2ser_implicit", "elaborate"}
+
+
+# --- AudioLLM-Reasoning's four tasks: SR, label-only, ASR and SQA targets ------------------------------
+
+SENTIMENT = {"spk1-a01": "negative", "spk1-a02": "positive", "spk1-a03": "neutral", "spk2-b01": "negative",
+             "spk2-b02": "neutral", "spk2-b03": "negative", "spk3-c01": "negative"}
+QA = {u: [(f"What does utterance {u} say?", UTTS[u][1])] for u in UTTS}
+QA["spk1-a02"] = [("What did they get?", "The keys."), ("Of what?", "The new flat.")]
+QA["spk3-c01"] = [("楼下有人在做什么？", "撬门。"), ("说话人听见了什么？", "有人在撬门。"), ("在哪里？", "楼下。")]
+TASK_TYPES = ["summarize_sr", "elaborate_sr", "label_only", "label_only_sr", "asr", "sqa"]
+
+
+def write_task_dir(path: Path, sentiment: dict | None = SENTIMENT, qa: dict | None = QA, utts: dict = UTTS) -> Path:
+    from local.data.kaldi import format_qa
+
+    write_data_dir(path, utts)
+    data = DataDir.load(path)
+    if sentiment is not None:
+        data["utt2sentiment"] = dict(sentiment)
+    if qa is not None:
+        data["utt2qa"] = {u: format_qa(pairs) for u, pairs in qa.items()}
+    data.save(path)
+    return path
+
+
+def test_sr_requests_carry_the_sentiment_and_its_wording(tmp_path):
+    sentiment = {u: s for u, s in SENTIMENT.items() if u != "spk2-b02"}
+    data = DataDir.load(write_task_dir(tmp_path / "x", sentiment=sentiment))
+    requests, rejected = build_requests(data, ["summarize", "summarize_sr", "elaborate_sr", "asr"])
+    by_key = {r.key: r for r in requests}
+    sr = by_key["spk1-a02 summarize_sr"]
+    assert sr.label == "positive" and "The speaker's sentiment (positive, negative, neutral): positive" in sr.prompt
+    assert "Summarize why the speaker conveys this sentiment (positive, negative, neutral)" in sr.prompt
+    assert "emotion" not in sr.prompt
+    er = by_key["spk1-a02 summarize"]
+    assert er.label == "happiness" and "The speaker's emotion: happiness" in er.prompt
+    # an utterance without the task's label is not asked for that task; its other types are
+    assert rejected == [("spk2-b02", "summarize_sr", "no label in utt2sentiment"),
+                        ("spk2-b02", "elaborate_sr", "no label in utt2sentiment")]
+    assert "spk2-b02 summarize" in by_key and not any(r.type == "asr" for r in requests)  # asr: from the data
+
+
+def test_every_task_type_is_written_and_checked(tmp_path):
+    path = write_task_dir(tmp_path / "train")
+    counts = make_targets(path, OfflineTeacher(), ["elaborate", *TASK_TYPES])
+    n_pairs = sum(len(p) for p in QA.values())
+    assert counts == {"written": 6 * len(UTTS) + n_pairs, "rejected": 0}
+    records = read_jsonl(path / "targets.jsonl")
+    assert all(r["task"] == TARGET_TYPES[r["type"]].task for r in records)
+    by = {(r["utt"], r["type"]): r for r in records if r["type"] != "sqa"}
+    for utt, (label, text, *_) in UTTS.items():
+        assert by[(utt, "label_only")]["target"] == f"The speaker's speech reflects {'an' if label == 'anger' else 'a'} " \
+                                                    f"{label} state."
+        assert by[(utt, "label_only_sr")]["target"] == f"The speaker's sentiment is {SENTIMENT[utt]}."
+        assert by[(utt, "asr")]["target"] == text and "label" not in by[(utt, "asr")]
+        for t in ("summarize_sr", "elaborate_sr", "label_only_sr"):
+            assert by[(utt, t)]["label"] == SENTIMENT[utt] and by[(utt, t)]["task"] == "sr"
+            assert names_label(by[(utt, t)]["target"], SENTIMENT[utt])
+        assert by[(utt, "elaborate")]["label"] == label and by[(utt, "elaborate")]["teacher"] == "offline"
+        assert by[(utt, "label_only")]["teacher"] == by[(utt, "asr")]["teacher"] == "data"
+    assert '"' in by[("spk2-b01", "elaborate_sr")]["target"]  # evidence-grounded: quotes the transcript
+    sqa = [r for r in records if r["type"] == "sqa"]
+    assert [(r["utt"], r["question"], r["target"]) for r in sqa] == [(u, q, a) for u in sorted(QA) for q, a in QA[u]]
+    assert all("label" not in r and r["task"] == "sqa" and r["teacher"] == "data" for r in sqa)
+    assert all("question" not in r for r in records if r["type"] != "sqa")
+
+
+def test_a_corpus_without_sentiment_or_questions_has_no_such_targets(tmp_path, caplog):
+    path = write_task_dir(tmp_path / "test", sentiment=None, qa=None)
+    teacher = ScriptedTeacher({})
+    with caplog.at_level("WARNING"):
+        counts = make_targets(path, teacher, TASK_TYPES)
+    assert counts == {"written": 2 * len(UTTS), "rejected": 0}  # label_only and asr
+    assert {r["type"] for r in read_jsonl(path / "targets.jsonl")} == {"label_only", "asr"}
+    assert teacher.seen == []  # nothing left to ask the teacher
+    assert caplog.text.count("no utt2qa, so no sqa targets") == 1
+    assert caplog.text.count("no utt2sentiment, so no") == 3
+
+
+def test_data_targets_reject_what_the_data_cannot_give(tmp_path):
+    utts = dict(UTTS, **{"spk1-a03": ("neutral", "", "en", "neutral:1.0000", "pitch=Low loudness=Low rate=Low")})
+    qa = dict(QA, **{"spk2-b02": []})  # nobody asked about it: no SQA target, and no rejection
+    path = write_task_dir(tmp_path / "dev", utts=utts, qa=qa)
+    (path / "utt2qa").write_text((path / "utt2qa").read_text(encoding="utf-8").replace(
+        '[["What does utterance spk1-a01', '[["What does utterance spk1-a01" ]] [["'), encoding="utf-8")
+    counts = make_targets(path, OfflineTeacher(), ["asr", "sqa"])
+    lines = (path / "targets.rejected").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("spk1-a01 sqa bad utt2qa value: not JSON")
+    assert lines[1:] == ["spk1-a03 asr empty transcript"]
+    records = read_jsonl(path / "targets.jsonl")
+    assert not any(r["utt"] == "spk2-b02" and r["type"] == "sqa" for r in records)
+    assert counts == {"written": len(records), "rejected": 2}
+
+
+def test_the_new_types_formats_and_golds():
+    cases = {
+        ("label_only", "The speaker's speech reflects a neutral state."): None,
+        ("label_only", "The speaker's speech reflects an anger state"): None,
+        ("label_only", "The speaker is angry."): "not \"The speaker's speech reflects a <label> state.\"",
+        ("label_only_sr", "The speaker's sentiment is positive."): None,
+        ("label_only_sr", "The speaker's sentiment is happy."):
+            "not \"The speaker's sentiment is <positive|negative|neutral>.\"",
+        ("summarize_sr", "They got the flat they wanted, so the sentiment is positive."): None,
+        ("summarize_sr", "They got the flat; the emotion is happiness."): "names no sentiment (positive, negative, neutral)",
+        ("elaborate_sr", 'The sentiment is negative: "hair in the soup".'): None,
+        ("elaborate_sr", "The sentiment is negative, judging by the soup."): "quotes nothing",
+        ("asr", "we finally got the keys"): None,
+        ("asr", "Transcript:\nwe finally got the keys"): "more than one line",
+        ("sqa", "The keys."): None,
+        ("sqa", "<answer>The keys.</answer>"): "contains markup tags",
+    }
+    for (t, text), want in cases.items():
+        assert format_problem(t, text) == want, (t, text)
+    assert format_problem("elaborate_sr", 'Negative: "the car".', "There was hair in the soup, again.") == \
+        "quotes no words of the transcript"
+    asr = Request(key="u asr", type="asr", text="We finally got the keys to the new flat!")
+    assert check_target(asr, "we finally got the KEYS to the new flat") is None  # case and punctuation aside
+    assert check_target(asr, "We finally got the keys.") == "is not the utterance's transcript"
+    wrong = Request(key="u label_only_sr", type="label_only_sr", label="negative", text="t")
+    assert check_target(wrong, "The speaker's sentiment is positive.") == "does not name the gold label 'negative'"
+    sr = Request(key="u summarize_sr", type="summarize_sr", label="positive", text="Yes!")
+    assert check_target(sr, OfflineTeacher().generate([sr])[0]) is None
+    with pytest.raises(ValueError, match="'anger' is not a sentiment"):
+        OfflineTeacher().summarize(Request(key="u summarize_sr", type="summarize_sr", label="anger", text="x"))
+
+
+def test_register_target_type(monkeypatch):
+    from local.reasoning.checks import check_plain_line
+    from local.reasoning.targets import label_only_targets, register_target_type
+
+    monkeypatch.setattr("local.reasoning.targets.TARGET_TYPES", dict(TARGET_TYPES))
+    from local.reasoning import targets
+
+    spec = TargetType(from_data=label_only_targets, instruction="questions", task="sr", check=check_plain_line)
+    assert register_target_type("sr_plain", spec) is spec and targets.TARGET_TYPES["sr_plain"] is spec
+    assert register_target_type("sr_plain", spec) is spec  # the same again: a no-op
+    with pytest.raises(ValueError, match="target type 'sr_plain' is already registered"):
+        register_target_type("sr_plain", TargetType(from_data=label_only_targets, instruction="questions",
+                                                    task="er", check=check_plain_line))
+    with pytest.raises(ValueError, match="unknown task 'ner'"):
+        register_target_type("ner", TargetType(from_data=label_only_targets, instruction="questions", task="ner",
+                                               check=check_plain_line))
+    with pytest.raises(ValueError, match="task 'sqa' has no question pool; use instruction 'record'"):
+        register_target_type("qa2", TargetType(from_data=label_only_targets, instruction="questions", task="sqa",
+                                               check=check_plain_line))
+    with pytest.raises(ValueError, match="give exactly one"):
+        TargetType(teacher_prompt="eips_teacher", from_data=label_only_targets, instruction="x", check=check_plain_line)
+    assert "sr_plain" not in TARGET_TYPES

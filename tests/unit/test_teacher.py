@@ -18,7 +18,8 @@ from helpers.chat_server import ChatServer, chat_answer
 from local.reasoning.offline import OfflineTeacher, key_phrase, pick
 from local.data.labels import EMOTIONS
 from local.reasoning.prompts import PROMPT_DIR, load_prompt, load_questions, prompt_fields, render
-from local.reasoning.targets import EIPS_FORMAT, TARGET_TYPES, check_target
+from local.reasoning.checks import EIPS_FORMAT
+from local.reasoning.targets import TARGET_TYPES, check_target
 from local.reasoning.teacher import CachedTeacher, HFTeacher, OpenAITeacher, Request, build_teacher
 from local.utils.hydra import compose
 
@@ -26,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EN_TEXT = "I never imagined the project would end like this."
 CMN_TEXT = "我从没想到，这个项目会这样结束。"
 ATTRS = {"pitch": "High", "loudness": "Low", "rate": "Medium"}
+# The types a teacher writes for an emotion label (the SR types get a sentiment: tests/unit/test_targets.py).
+TEACHER_TYPES = [t for t, spec in TARGET_TYPES.items() if spec.task == "er" and spec.from_data is None]
 
 
 def offline_request(t: str, utt: str = "spk1-utt1", label: str = "anger", text: str = EN_TEXT,
@@ -63,13 +66,13 @@ def test_render_names_the_missing_field():
 
 def test_every_target_type_has_its_prompts():
     for spec in TARGET_TYPES.values():
-        assert load_prompt(spec.teacher_prompt)
-        assert spec.instruction == "questions" or load_prompt(spec.instruction)
+        assert spec.from_data or load_prompt(spec.teacher_prompt)
+        assert spec.instruction in ("questions", "record") or load_prompt(spec.instruction)
 
 
 def test_question_pool_holds_the_papers_questions():
     pool = load_questions()
-    assert set(pool) == {"emotion", "sentiment"}
+    assert set(pool) == {"emotion", "emotion_eval", "sentiment", "sentiment_eval", "asr", "asr_eval"}
     assert "What emotions do you think the speaker is expressing?" in pool["emotion"]
     assert "How would you describe the tone of the speaker's voice?" in pool["emotion"]
     assert len(pool["emotion"]) >= 13 and len(set(pool["emotion"])) == len(pool["emotion"])
@@ -80,7 +83,7 @@ def test_question_pool_holds_the_papers_questions():
 
 def test_offline_is_deterministic_across_processes():
     """The phrasing choice uses sha256, so another interpreter (other hash seed) writes the same text."""
-    requests = [offline_request(t) for t in TARGET_TYPES]
+    requests = [offline_request(t) for t in TEACHER_TYPES]
     here = OfflineTeacher().generate(requests)
     assert here == OfflineTeacher().generate(requests)
     code = ("import json, sys; from local.reasoning.offline import OfflineTeacher; "
@@ -95,7 +98,7 @@ def test_offline_is_deterministic_across_processes():
 
 
 def test_offline_has_several_phrasings_per_type():
-    for t in TARGET_TYPES:
+    for t in TEACHER_TYPES:
         answers = OfflineTeacher().generate([offline_request(t, utt=f"spk1-utt{i:03d}") for i in range(60)])
         expected = 2 if t == "direct_response" else 3
         assert len(set(answers)) >= expected, t
@@ -138,7 +141,7 @@ def test_offline_formats(label, lang, text):
     quote = re.search(r'"([^"]+)"', elaborate).group(1)
     assert quote == key_phrase(text) and quote in text
 
-    for t in TARGET_TYPES:
+    for t in TEACHER_TYPES:
         request = offline_request(t, label=label, text=text, lang=lang)
         assert check_target(request, teacher.generate([request])[0]) is None, t
 
