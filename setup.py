@@ -29,6 +29,7 @@ install_requires = [
     "tqdm>=4.66",
     "requests>=2.31",
     "silero-vad>=6.2,<7",              # emoreason-infer's voice activity detection; weights inside the wheel
+    "jiwer>=4,<5",  # ASR word error rate (AudioLLM-Reasoning ASR task)
 ]
 
 extras_require = {

@@ -11,6 +11,15 @@ BC, Brier, ECE and arg-max accuracy.  ``score.judge_rubrics`` adds the judge's m
 Every row counts the test set's utterances lost on the way (``rejected``); a decode whose timing.json names
 its ``target`` type gets the share of well-formed outputs.  A baseline of ``score.baselines`` that has not been
 decoded is an error, not a row quietly left out: a table without it would read as complete.
+
+A multi-task system (AudioLLM-Reasoning) decodes one mode per task, and its timing.json names the ``task``;
+such a row is scored by the task's metric and keeps ``task`` and ``experiment`` (``main``, or the entry of
+``score.baselines`` it comes from; ``{baseline, modes: [...]}`` there gives one row ``<entry>_<mode>`` per
+mode).  ``accuracy`` (er, sr): today's row on the task's closed ``labels`` (timing.json), the records'
+``label`` being the task's gold, plus ``score.judge_rubrics`` (``grounded``: Table 4); ``wer`` (asr): the
+corpus WER of ``hyp`` against ``ref``; ``judge:<rubric>`` (sqa): ``cfg.judge``'s mean score of the rubric,
+``score`` its 0-100 form (AudioBench's mean x 20).  ``score.task_tables`` pivots these rows into the paper's
+tables (local/eval/task_tables.py), under the per-set ones.
 """
 from __future__ import annotations
 
@@ -19,20 +28,24 @@ from functools import cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from local.data.kaldi import parse_dist, parse_kv, read_table
 from local.data.labels import recipe_labels
 from local.eval.attr_baseline import AttributeBaseline
+from local.eval.asr_metrics import wer_scores
 from local.eval.decode import HYPS, find_decode_dirs, read_decode_dir, resolve_test_set, write_decode_dir
 from local.eval.extract import extract_labels
-from local.eval.judge import Judge, JudgeItem, build_judge
-from local.eval.report import judge_row, score_row, write_results
+from local.eval.judge import RUBRICS, Judge, JudgeItem, build_judge, normalise
+from local.eval.report import count_words, judge_row, score_row, write_results
+from local.eval.task_tables import check_task_tables, task_table_values, task_tables_markdown
+from local.reasoning.tasks import TASKS, task_spec
 from local.reasoning.teacher import build_teacher
 from local.bin.stages import stage_run
 from local.utils.digest import RECORD, file_digest
 from local.utils.hydra import entry_point
-from local.utils.paths import baseline_rows
+from local.utils.paths import baseline_entries, left_out_baselines
 from local.utils.provenance import read_json
 
 log = logging.getLogger("score")
@@ -100,10 +113,13 @@ def gold_distributions(cfg: DictConfig, entry: str) -> dict[str, dict[str, float
     return gold
 
 
-def with_source(decode: Path, row: tuple[list[dict], dict]) -> tuple[list[dict], dict]:
-    """The row, its timing told where it was read from and the digest of what it read (see keep_earlier)."""
+def with_source(decode: Path, row: tuple[list[dict], dict], experiment: str | None = None
+                ) -> tuple[list[dict], dict]:
+    """The row, its timing told where it was read from, the digest of what it read (see keep_earlier) and
+    the experiment it belongs to (what a task table's row is)."""
     records, timing = row
-    return records, {**timing, "decode_dir": str(decode), "hyps_sha256": file_digest(decode / HYPS)}
+    return records, {**timing, "decode_dir": str(decode), "hyps_sha256": file_digest(decode / HYPS),
+                     **({"experiment": experiment} if experiment else {})}
 
 
 def keep_earlier(exp_dir: Path, results: dict, provenance: dict) -> list[str]:
@@ -143,12 +159,12 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
             if not (decode / "hyps.jsonl").is_file():
                 raise FileNotFoundError(f"{name}: mode '{mode}' has no decode: {decode} has no hyps.jsonl. Run "
                                         "stage 9 (decode) first, or score other modes with decode.modes=[...]")
-            rows[name][mode] = with_source(decode, read_decode_dir(decode))
+            rows[name][mode] = with_source(decode, read_decode_dir(decode), "main")
         stale = sorted(set(find_decode_dirs(opts.exp_dir).get(name, {})) - set(cfg.decode.modes))
         if stale:
             log.warning("%s: decode dirs of modes %s in %s are not among decode.modes %s: left out", name, stale,
                         opts.exp_dir, list(cfg.decode.modes))
-        for row, template in baseline_rows(cfg).items():
+        for row, (experiment, template) in baseline_entries(cfg).items():
             if row in rows[name]:
                 raise ValueError(f"score.baselines: row name '{row}' is also a decode mode of {opts.exp_dir}")
             baseline = Path(template.replace("{set}", name))
@@ -156,7 +172,7 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
                 raise FileNotFoundError(
                     f"{name}: baseline '{row}' of score.baselines has no decode: {baseline} has no hyps.jsonl. "
                     f"Run the baseline's stage 9 (decode) first, or leave it out with score.baselines.{row}=null")
-            rows[name][row] = with_source(baseline, read_decode_dir(baseline))
+            rows[name][row] = with_source(baseline, read_decode_dir(baseline), experiment)
         if opts.attributes:
             attribute_row(trained, cfg, entry, rows[name])
         if not rows[name]:
@@ -165,10 +181,15 @@ def collect_rows(cfg: DictConfig) -> dict[str, dict[str, tuple[list[dict], dict]
     return rows
 
 
-def judge_entry(judge: Judge, rubrics: Sequence[str], records: list[dict]) -> dict:
+def judge_entry(judge: Judge, rubrics: Sequence[str], records: list[dict], labels: Sequence[str] = (),
+                answers: bool = False) -> dict:
     """``judge`` (the backend, each rubric's mean scores, n_judged) and ``not_judged`` of one row: an output
-    counts as judged when every rubric scored it."""
-    items = [JudgeItem(utt=r["utt"], output=r["hyp"], label=r.get("label") or "", text=r.get("text") or "")
+    counts as judged when every rubric scored it.  ``labels``: the closed set the records' ``label`` is of
+    (a sentiment row's), () for the emotions; ``answers``: the records are answers to their ``question``,
+    judged against ``ref``."""
+    items = [JudgeItem(utt=r["utt"], output=r["hyp"], label=r.get("label") or "", text=r.get("text") or "",
+                       labels=tuple(labels),
+                       **({"reference": r.get("ref") or "", "question": r.get("question") or ""} if answers else {}))
              for r in records]
     entry: dict = {"backend": judge.name}
     scored = [True] * len(items)
@@ -178,6 +199,48 @@ def judge_entry(judge: Judge, rubrics: Sequence[str], records: list[dict]) -> di
         scored = [ok and s is not None for ok, s in zip(scored, scores)]
     entry["n_judged"] = sum(scored)
     return {"judge": entry, "not_judged": len(items) - sum(scored)}
+
+
+def judged_rubric(metric: str) -> str | None:
+    """The judge rubric a task's metric is, None for a metric computed without a judge."""
+    return metric.split(":", 1)[1] if metric.startswith("judge:") else None
+
+
+def output_row(records: list[dict], timing: dict, lost: int) -> dict:
+    """What every task row has, whatever its metric: the outputs, their length, decode time, utterances lost."""
+    n = len(records)
+    return {"n": n, "rejected": int(lost) + int(timing.get("rejected") or 0),
+            "sec_per_utt": timing.get("sec_per_utt"),
+            "mean_words": sum(count_words(r["hyp"] or "") for r in records) / n if n else None}
+
+
+def score_task_row(records: list[dict], timing: dict, extract: Callable[[list[str], Sequence[str]], list],
+                   judge: Judge | None, rubrics: Sequence[str], lost: int, **score_args
+                   ) -> tuple[dict, np.ndarray | None]:
+    """(results.json row, confusion matrix or None) of a decode whose timing.json names its task: the task's
+    metric (module doc), with ``task`` and ``experiment`` kept for the task tables.  ``extract`` maps
+    (outputs, labels) to labels; ``rubrics`` are the judge rubrics of the labelled tasks' rows."""
+    task = timing["task"]
+    metric, matrix = task_spec(task).metric, None
+    if metric == "accuracy":
+        labels = timing.get("labels")
+        if not labels:
+            raise ValueError(f"{timing.get('decode_dir')}: task '{task}' is scored on its closed label set, and "
+                             "its timing.json has no labels")
+        row, matrix = score_row(records, extract([r["hyp"] for r in records], labels), labels, timing,
+                                data_rejected=lost, **score_args)
+        if judge is not None and rubrics:
+            row.update(judge_entry(judge, rubrics, records, labels))
+    elif metric == "wer":
+        row = {**output_row(records, timing, lost), **wer_scores(records)}
+    elif judged_rubric(metric) in RUBRICS:
+        rubric = judged_rubric(metric)
+        row = {**output_row(records, timing, lost), **judge_entry(judge, [rubric], records, answers=True)}
+        means = [normalise({k: row["judge"][k]}, rubric)[k] for k in RUBRICS[rubric].keys if k in row["judge"]]
+        row["score"] = 100 * sum(means) / len(means) if means else None
+    else:
+        raise ValueError(f"task '{task}': unknown metric '{metric}'")
+    return {"task": task, "experiment": timing.get("experiment"), **row}, matrix
 
 
 def training_teacher(data_dir: Path | None) -> dict | None:
@@ -219,7 +282,15 @@ def score(cfg: DictConfig, record: dict) -> str:
         teacher = build_teacher(OmegaConf.to_container(teacher_cfg, resolve=True))
         if teacher.name == "offline":
             raise ValueError("score.extract=llm needs a language-model teacher (hf or openai), not the offline one")
-    judge = build_judge(OmegaConf.to_container(cfg.judge, resolve=True)) if opts.get("judge_rubrics") else None
+    tables_spec = OmegaConf.to_container(opts.task_tables, resolve=True) if opts.get("task_tables") else {}
+    check_task_tables(tables_spec, (opts.get("baselines") or {}).keys(), opts.get("judge_rubrics") or [])
+    judged_tasks = any(judged_rubric(task_spec(timing["task"]).metric) for set_rows in rows.values()
+                       for _, timing in set_rows.values() if timing.get("task"))
+    judge = (build_judge(OmegaConf.to_container(cfg.judge, resolve=True))
+             if opts.get("judge_rubrics") or judged_tasks else None)
+    # the labelled tasks' rows get score.judge_rubrics, except the rubrics that are some task's own metric
+    task_rubrics = [r for r in opts.get("judge_rubrics") or []
+                    if r not in {judged_rubric(t.metric) for t in TASKS.values()}]
     results, confusions = {}, {}
     try:
         entries = {Path(e).name: e for e in cfg.test_sets}
@@ -235,6 +306,14 @@ def score(cfg: DictConfig, record: dict) -> str:
                             test_set, data_dir)
             lost = data_rejected(data_dir)
             for row, (records, timing) in set_rows.items():
+                if timing.get("task"):
+                    results[test_set][row], matrix = score_task_row(
+                        records, timing, lambda texts, labels: extract_labels(texts, opts.extract, teacher, labels),
+                        judge, task_rubrics, lost, gold_dists=gold, ece_bins=opts.get("ece_bins", 15), attrs=attrs,
+                        dist_wanted=has_dist)
+                    if matrix is not None:
+                        confusions[(test_set, row)] = matrix
+                    continue
                 labels = timing.get("labels") or recipe_labels(cfg.corpus)  # the model's classes
                 preds = extract_labels([r["hyp"] for r in records], opts.extract, teacher, labels)
                 results[test_set][row], matrix = score_row(
@@ -242,7 +321,7 @@ def score(cfg: DictConfig, record: dict) -> str:
                     data_rejected=lost, dist_wanted=has_dist)
                 if matrix is not None:
                     confusions[(test_set, row)] = matrix
-                if judge is not None and row != "attributes":  # the classifier's outputs are bare labels
+                if opts.get("judge_rubrics") and row != "attributes":  # the classifier's outputs are bare labels
                     results[test_set][row].update(judge_entry(judge, opts.judge_rubrics, records))
     finally:
         for backend in (teacher, judge):
@@ -254,8 +333,11 @@ def score(cfg: DictConfig, record: dict) -> str:
     earlier = keep_earlier(Path(opts.exp_dir), results, made_of)
     if earlier:
         log.info("kept in the report, scored earlier and their decodes unchanged: %s", ", ".join(earlier))
+    tables = task_table_values(results, tables_spec, left_out_baselines(cfg), lenient=earlier)
     markdown = write_results(opts.exp_dir, results, confusions, made_of,
-                             {name: refs for name, refs in published.items() if name in results})
+                             {name: refs for name, refs in published.items() if name in results},
+                             extra={"task_tables": tables} if tables else None,
+                             appendix=task_tables_markdown(tables, results, opts.get("note")))
     print(markdown, end="")
     log.info("wrote %s", Path(opts.exp_dir) / "results.md")
     return markdown

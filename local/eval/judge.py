@@ -7,7 +7,8 @@ DR-SAPO rewards, stage 10's tables); the backend is a config choice
 * ``offline``: deterministic rules, no model.  **A stand-in, not a judge**: it
   checks what can be checked mechanically (the gold label named, the
   ``<thought>``/``<response>`` format, quotations of the transcript, stock
-  empathy phrases, length) and maps that onto each rubric's scale.  It cannot
+  empathy phrases, length, words shared with a reference answer) and maps
+  that onto each rubric's scale.  It cannot
   tell deep insight from a plausible sentence; its numbers let the pipeline
   and its tests run anywhere and must not be reported as judge scores.
 * ``hf`` / ``openai``: a language model reads the rubric prompt
@@ -29,6 +30,8 @@ emotion    ``correct`` 0/1: the concluded emotion is the gold label    C²SER §
 grounded   ``groundedness`` 0-2, ``relevance`` 0-2 (judged), plus      AudioLLM-Reasoning Fig. 5,
            ``quotation`` 0/1 and ``coverage`` in [0, 1] (computed)     Table 4
 binary     ``correct`` 0/1 against a reference answer                  AudioBench's binary judge
+sqa        ``sqa`` 0-5: the answer to a question on the speech's       AudioLLM-Reasoning §4.3,
+           content against the reference answer                        AudioBench's 0-5 judge
 =========  ==========================================================  ===========================
 
 ``quotation`` is 1 when the output holds at least one double-quoted span; its
@@ -39,8 +42,13 @@ something: Table 4's groundedness (82.8) exceeds its quotation rate (57.5), so
 unquoted outputs cannot have counted as 0; an unquoted output's score holds
 the two computed keys only.
 
+AudioBench reports the 0-5 judge as mean x 20, a 0-100 score: :func:`normalise`
+x 100, as for every rubric (Table 4's groundedness 0-2 is mean x 50).  Items
+with a closed label set other than the emotions (sentiment) carry it in
+``JudgeItem.labels``, and the rules read their outputs for those labels.
+
 Likewise an output with nothing to judge (an empty response for ``empathy``,
-no ``<thought>`` for ``eips``, an empty output for ``emotion`` / ``binary``)
+no ``<thought>`` for ``eips``, an empty output for ``emotion`` / ``binary`` / ``sqa``)
 gets the rubric's floor without asking anyone, under every backend.
 
 Fault tolerance (stage 8 must survive its judge): a failed request (the
@@ -58,9 +66,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from local.data.labels import EMOTIONS
 from local.eval.extract import extract_label
+from local.eval.judge_text import (content_tokens, extract_quotes, find_span, format_reward, generic_fraction,
+                                   quotation, split_eips, tokens)
 from local.reasoning.prompts import load_questions, render
-from local.reasoning.targets import EIPS_FORMAT, QUOTED, names_label
+from local.reasoning.targets import names_label
 from local.reasoning.teacher import Request, Teacher, build_teacher
 
 log = logging.getLogger(__name__)
@@ -76,125 +87,15 @@ class JudgeItem:
     output: str              # the model's output, as generated (tags included)
     label: str = ""          # gold emotion (utt2emo)
     text: str = ""           # transcript
-    reference: str = ""      # reference answer for ``binary`` (default: the gold label)
-    question: str = ""       # the question the model answered, for ``binary``
+    reference: str = ""      # reference answer for ``binary`` / ``sqa`` (default: the gold label)
+    question: str = ""       # the question the model answered, for ``binary`` / ``sqa``
+    labels: tuple[str, ...] = ()  # the closed set ``label`` is one of (sentiment ...); () = the emotions
 
+    def read_label(self, text: str) -> str | None:
+        """The label of the item's set that ``text`` concludes with: a sentiment item is read for
+        positive / negative / neutral, not for emotion words."""
+        return extract_label(text, self.labels or EMOTIONS)
 
-# --- text helpers -----------------------------------------------------------------------
-
-_TAG = re.compile(r"</?(?:thought|response)>")
-_THOUGHT = re.compile(r"<thought>(.*?)</thought>", re.DOTALL)
-_RESPONSE = re.compile(r"<response>(.*?)</response>", re.DOTALL)
-_TOKEN = re.compile(r"[\u4e00-\u9fff]|[^\W\d_\u4e00-\u9fff]+(?:'[^\W\d_\u4e00-\u9fff]+)?|\d+")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-_SENTENCES = re.compile(r"(?<=[.!?。！？])\s*")
-
-
-def format_reward(text: str) -> float:
-    """CogAudio's R_fmt: 1.0 iff the output is exactly one non-empty ``<thought>…</thought>``
-    followed by one non-empty ``<response>…</response>`` and nothing else, else 0.0.
-
-    Empty tags earn nothing: a policy must not be paid for the scaffolding alone.
-    """
-    match = EIPS_FORMAT.fullmatch(text or "")
-    if not match or len(_TAG.findall(text)) != 4:
-        return 0.0
-    return float(bool(match["thought"].strip() and match["response"].strip()))
-
-
-def split_eips(output: str) -> tuple[str, str]:
-    """(thought, response) of an output; without tags the whole output is the response."""
-    thought = _THOUGHT.search(output)
-    response = _RESPONSE.search(output)
-    if response:
-        return (thought[1].strip() if thought else ""), response[1].strip()
-    if thought:
-        return thought[1].strip(), _TAG.sub(" ", output[thought.end():]).strip()
-    return "", _TAG.sub(" ", output).strip()
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words, and single characters for Chinese (it has no spaces)."""
-    return _TOKEN.findall(text.lower())
-
-
-STOPWORDS = frozenset("""
-a an the and or but so of in on at to for with from by about as into than then that this these those it its
-is are was were be been being am do does did have has had will would can could should may might must shall
-i me my mine you your yours we us our they them their he him his she her what which who how why when where
-there here not no yes oh well okay ok just very really quite more most some any all much many one
-""".split())
-CJK_STOPWORDS = frozenset("我你他她它的了是在不这那就都也很吗呢吧啊和与有个")
-
-
-def content_tokens(text: str) -> set[str]:
-    """Words that carry content: English words of 3+ letters outside STOPWORDS, Chinese character bigrams."""
-    words = {w for w in tokens(text) if not _CJK.match(w) and len(w) >= 3 and w not in STOPWORDS}
-    cjk = [c for c in _CJK.findall(text) if c not in CJK_STOPWORDS]
-    return words | {a + b for a, b in zip(cjk, cjk[1:])}
-
-
-def extract_quotes(output: str) -> list[str]:
-    """The double-quoted spans of an output ("…" or “…”), in order, stripped, duplicates dropped."""
-    spans = ((m.group(1) or m.group(2) or "").strip() for m in QUOTED.finditer(output))
-    return list(dict.fromkeys(s for s in spans if s))
-
-
-def _find(seq: list[str], sub: list[str]) -> int:
-    for i in range(len(seq) - len(sub) + 1):
-        if seq[i:i + len(sub)] == sub:
-            return i
-    return -1
-
-
-def quotation(output: str, transcript: str) -> Score:
-    """``quotation`` (1 if the output quotes anything) and ``coverage`` (the fraction of the
-    transcript's words inside quotes that occur in it verbatim, word for word)."""
-    quotes, words = extract_quotes(output), tokens(transcript)
-    covered: set[int] = set()
-    for quote in quotes:
-        q = tokens(quote)
-        start = _find(words, q) if q else -1
-        if start >= 0:
-            covered.update(range(start, start + len(q)))
-    return {"quotation": float(bool(quotes)), "coverage": len(covered) / len(words) if words else 0.0}
-
-
-# Stock empathy: sentences a reply can say to anyone about anything (CogAudio §1: "safe" empathy
-# templates).  A sentence is stock when little content is left once these are removed.
-STOCK_PHRASES = re.compile("|".join([
-    r"i (?:completely |totally |really )?understand(?: how you(?:'re| are)? feel(?:ing)?| what you(?:'re| are) "
-    r"going through| your feelings)?",
-    r"i(?:'m| am) (?:always )?here (?:for you|to help|to listen|with you)",
-    r"i(?:'m| am) (?:so |really |very )?sorry (?:to hear (?:that|this)|you(?:'re| are) (?:going through|feeling) "
-    r"(?:this|that))",
-    r"that (?:sounds|must be|must feel) (?:really |very |so )?(?:hard|difficult|tough|rough)",
-    r"thanks? (?:you )?for sharing(?: (?:that|this))?(?: with me)?",
-    r"(?:is there )?anything (?:else )?i can (?:do|help)(?: with| for you)?",
-    r"how can i help(?: you)?",
-    r"everything will (?:be )?(?:ok(?:ay)?|fine|alright|all right|work out)",
-    r"(?:don't|do not) worry",
-    r"take care(?: of yourself)?",
-    r"stay (?:positive|strong)",
-    r"it(?:'s| is) (?:okay|ok|normal|natural|understandable) to feel (?:that way|this way|like (?:this|that))",
-    r"feel free to (?:reach out|talk|share)",
-    r"i hear you",
-    r"your feelings are valid",
-    r"you(?:'re| are) not alone",
-    r"我(?:能|很)?理解你的(?:感受|心情)", r"别担心", r"一切都会好起来的?", r"加油", r"我一直都在", r"我在这里陪着你",
-    r"有什么我可以帮(?:你|忙)的吗",
-]), re.IGNORECASE)
-
-
-def generic_fraction(text: str) -> float:
-    """The share of sentences that are stock: they hold a stock phrase, and fewer than two
-    content words are left without it; 1.0 for an empty text."""
-    sentences = [s for s in _SENTENCES.split(text.strip()) if s.strip()]
-    if not sentences:
-        return 1.0
-    stock = sum(bool(STOCK_PHRASES.search(s)) and len(content_tokens(STOCK_PHRASES.sub(" ", s))) < 2
-                for s in sentences)
-    return stock / len(sentences)
 
 
 # --- the offline stand-in: one rule set per rubric --------------------------------------------
@@ -282,7 +183,7 @@ def offline_eips(item: JudgeItem) -> Score:
 
 def offline_emotion(item: JudgeItem) -> Score:
     """1 iff the output's concluded label (local.eval.extract rules) is the gold label."""
-    return {"correct": float(extract_label(item.output) == item.label)}
+    return {"correct": float(item.read_label(item.output) == item.label)}
 
 
 def offline_grounded(item: JudgeItem) -> Score:
@@ -292,10 +193,10 @@ def offline_grounded(item: JudgeItem) -> Score:
     2 with verbatim quotes, else 1."""
     words, vocab = tokens(item.text), set(tokens(item.text))
     quotes = [tokens(q) for q in extract_quotes(item.output)]
-    verbatim = [bool(q) and _find(words, q) >= 0 for q in quotes]
+    verbatim = [bool(q) and find_span(words, q) >= 0 for q in quotes]
     partial = [bool(q) and sum(w in vocab for w in q) / len(q) >= 0.5 for q in quotes]
     grounded = 2 if all(verbatim) else 1 if any(partial) else 0
-    right = extract_label(item.output) == item.label
+    right = item.read_label(item.output) == item.label
     relevance = 0 if not right or grounded == 0 else 2 if grounded == 2 else 1
     return {"groundedness": float(grounded), "relevance": float(relevance)}
 
@@ -304,11 +205,33 @@ def offline_binary(item: JudgeItem) -> Score:
     """With a reference that states an emotion: the labels agree.  Otherwise: the output holds
     at least half of the reference's content words."""
     reference = item.reference or item.label
-    wanted = extract_label(reference)
+    wanted = item.read_label(reference)
     if wanted is not None:
-        return {"correct": float(extract_label(item.output) == wanted)}
+        return {"correct": float(item.read_label(item.output) == wanted)}
     ref = content_tokens(reference)
     return {"correct": float(bool(ref) and len(ref & content_tokens(item.output)) / len(ref) >= 0.5)}
+
+
+ARTICLES = frozenset(("a", "an", "the"))
+
+
+def overlap_f1(answer: str, reference: str) -> float:
+    """Token-overlap F1 of an answer against a reference (SQuAD's answer F1: counted tokens, articles
+    dropped), with Chinese characters as tokens; 0.0 when either side has no token."""
+    a = Counter(t for t in tokens(answer) if t not in ARTICLES)
+    r = Counter(t for t in tokens(reference) if t not in ARTICLES)
+    common = sum((a & r).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def offline_sqa(item: JudgeItem) -> Score:
+    """A rule STAND-IN for the 0-5 SQA judge, not a judge: 5 x the answer's token-overlap F1 with the
+    reference answer, rounded half up.  It rewards shared words, so a right paraphrase scores low and
+    a wrong answer that repeats the reference's words scores high; its numbers only let the pipeline run."""
+    return {"sqa": float(int(5 * overlap_f1(item.output, item.reference) + 0.5))}
 
 
 # --- rubrics ----------------------------------------------------------------------------------
@@ -387,6 +310,7 @@ RUBRICS: dict[str, Rubric] = {
     "grounded": Rubric("judge_grounded", {"groundedness": ("groundedness",), "relevance": ("relevance",)},
                        0, 2, "quotes", offline_grounded, floor=False),
     "binary": Rubric("judge_binary", {"correct": ("rating",)}, 0, 1, "output", offline_binary),
+    "sqa": Rubric("judge_sqa", {"sqa": ("rating", "score")}, 0, 5, "output", offline_sqa),
 }
 
 

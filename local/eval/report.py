@@ -45,6 +45,9 @@ empathy on CogAudio's 1-4 scale), and ``not_judged``, the outputs it could not s
 follows every judge column of results.md (``empathy[offline]``): the offline judge is a rule stand-in,
 and its numbers must never pass for a model judge's.
 
+A multi-task system's row (timing.json names its ``task``) also has ``task`` and ``experiment``; its ASR
+row has ``wer`` (:mod:`local.eval.asr_metrics`) and no UA / WA, its SQA row a judge score (local/bin/score.py).
+
 ``results.md`` has one table per test set (percentages; the distribution
 scores, when a row has them, as fractions with acc % last), a line under it
 that defines its columns and the rows' ``dist_note``, and
@@ -64,7 +67,8 @@ import numpy as np
 
 from local.eval.metrics import INVALID, classification_scores, confusion, distribution_scores
 from local.reasoning.offline import LEVEL_WORDS
-from local.reasoning.targets import QUOTED, format_problem, quotes_transcript
+from local.reasoning.checks import QUOTED, quotes_transcript
+from local.reasoning.targets import format_problem
 from local.utils.atomic import write_bytes_atomic, write_text_atomic
 
 matplotlib.use("Agg")
@@ -277,13 +281,15 @@ def _judge_columns(rows: Mapping[str, Mapping]) -> list[tuple[str, str]]:
 
 
 def _legend(subsets: bool, formatted: bool, attr: bool, dist: bool, judged: list[str], stand_in: bool,
-            quoted: bool = False) -> str:
+            quoted: bool = False, wer: bool = False) -> str:
     """The line under a table that says what its columns are."""
     parts = ["UA = unweighted average recall, WA = accuracy, F1 = macro-F1, in % of the n utterances with a "
              "reference label" + (" (UA x: of utt2subset's subset x)" if subsets else ""),
              "invalid % = outputs with no extractable label", "words = mean words per output",
              "sec/utt = seconds of generate alone per utterance (GPU synchronised; loading excluded)",
              "rejected = test-set utterances lost in stages 1-2 or in decoding"]
+    if wer:
+        parts.append("WER % = word error rate of an ASR row (local/eval/asr_metrics.py), which has no UA / WA")
     if formatted:
         parts.append("well-formed % = outputs in the format of the target the prompt was trained on")
     if quoted:
@@ -336,14 +342,15 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
     for test_set, rows in results.items():
         teacher = (((provenance or {}).get("tables") or {}).get(test_set) or {}).get("teacher")
         refs = list((published or {}).get(test_set) or [])
-        subsets = sorted({s for row in rows.values() for s in row["subsets"]})
+        subsets = sorted({s for row in rows.values() for s in row.get("subsets", {})})
+        wer = any("wer" in row for row in rows.values())  # an ASR row (a multi-task system's, local.bin.score)
         dist = any("js" in row for row in [*rows.values(), *refs])
         formatted = any("well_formed" in row for row in rows.values())
         attr = any("attr_words" in row for row in rows.values())
         quoted = any((row.get("quotes") or {}).get("n") for row in rows.values())
         judged = _judge_columns(rows)
         header = ["system", "UA", "WA", "F1", *(f"UA {s}" for s in subsets), "invalid %", "words", "sec/utt", "n",
-                  "rejected", *(["well-formed %"] if formatted else []),
+                  "rejected", *(["WER %"] if wer else []), *(["well-formed %"] if formatted else []),
                   *(["quotes %", "quotes spoken %"] if quoted else []),
                   *([f"{a} word %" for a in ATTR_KEYS] + ["attr n"] if attr else []),
                   *(["JS (bits)", "BC", "Brier", "ECE", "acc dist %"] if dist else []),
@@ -356,12 +363,12 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
                  "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         for name, row in rows.items():
-            cells = [name, _pct(row["ua"]), _pct(row["wa"]), _pct(row["f1"]),
-                     *(_pct(row["subsets"].get(s, {}).get("ua")) for s in subsets),
-                     _pct(row["invalid_rate"]),
+            cells = [name, _pct(row.get("ua")), _pct(row.get("wa")), _pct(row.get("f1")),
+                     *(_pct(row.get("subsets", {}).get(s, {}).get("ua")) for s in subsets),
+                     _pct(row.get("invalid_rate")),
                      "–" if row["mean_words"] is None else f"{row['mean_words']:.1f}",
                      "–" if row["sec_per_utt"] is None else f"{row['sec_per_utt']:.4g}",
-                     str(row["n"]), str(row.get("rejected", "–"))]
+                     str(row["n"]), str(row.get("rejected", "–")), *([_pct(row.get("wer"))] if wer else [])]
             if formatted:
                 cells.append(_pct(row.get("well_formed")))
             if quoted:
@@ -380,7 +387,7 @@ def results_markdown(results: Mapping[str, Mapping[str, Mapping]], provenance: M
         ref_lines, notes = published_lines(header, refs)
         lines += ref_lines
         stand_in = any(row.get("judge", {}).get("backend") == "offline" for row in rows.values())
-        lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in, quoted)]
+        lines += ["", _legend(bool(subsets), formatted, attr, dist, judged, stand_in, quoted, wer)]
         notes += _row_notes(rows, ((provenance or {}).get("tables") or {}).get(test_set, {}).get("rows") or {})
         notes += [f"- {name}: no distribution scores: {row['dist_note']}."
                   for name, row in rows.items() if row.get("dist_note")]
@@ -467,14 +474,17 @@ def judge_row(scores: Sequence[Mapping[str, float] | None], backend: str | None 
 
 def write_results(out_dir: Path | str, results: Mapping[str, Mapping[str, Mapping]],
                   confusions: Mapping[tuple[str, str], np.ndarray], provenance: Mapping | None = None,
-                  published: Mapping[str, Sequence[Mapping]] | None = None) -> str:
-    """Write results.json ({"provenance", "tables"}), results.md and confusion_<set>_<row>.png (each
+                  published: Mapping[str, Sequence[Mapping]] | None = None, extra: Mapping | None = None,
+                  appendix: str = "") -> str:
+    """Write results.json ({"provenance", "tables"}, plus ``extra``'s keys), results.md (``appendix``, e.g.
+    local/eval/task_tables.py's tables, after the per-set ones) and confusion_<set>_<row>.png (each
     atomically); return the markdown.  Plots of tables or rows no longer in ``results`` are removed, so a
     directory never shows a confusion matrix of an earlier run beside this one's table."""
     out_dir = Path(out_dir)
-    document = {"provenance": dict(provenance or {}), "tables": results, "published": dict(published or {})}
+    document = {"provenance": dict(provenance or {}), "tables": results, "published": dict(published or {}),
+                **dict(extra or {})}
     write_text_atomic(out_dir / "results.json", json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    markdown = results_markdown(results, provenance, published)
+    markdown = results_markdown(results, provenance, published) + (f"\n{appendix}" if appendix else "")
     write_text_atomic(out_dir / "results.md", markdown)
     earlier = {name for name, t in ((provenance or {}).get("tables") or {}).items() if t.get("earlier")}
     wanted = {f"confusion_{test_set}_{row}.png" for test_set, row in confusions}

@@ -44,20 +44,45 @@ def decode_dir(cfg: DictConfig, entry: str, mode: str) -> Path:
     return Path(cfg.decode.exp_dir) / f"decode_{set_name(entry)}_{mode}"
 
 
-def baseline_rows(cfg: DictConfig) -> dict[str, str]:
-    """{row: decode dir, ``{set}`` standing for the test set} of the rows ``score.baselines`` asks for.
+def baseline_entries(cfg: DictConfig) -> dict[str, tuple[str, str]]:
+    """{row: (experiment, decode dir template)} of the rows ``score.baselines`` asks for, ``{set}`` standing
+    for the test set; the experiment is the entry's name under ``score.baselines``.
 
-    A row is a decode dir template, or ``{baseline, mode}``: that baseline's decode of that mode, left out
-    when the baseline is not among ``baselines`` (the ones run.sh trained; null: all of them), so that
-    ``run.sh --baselines ""`` gives the system's table alone.  A row set to null is left out.
+    An entry is a decode dir template (one row), ``{baseline, mode}`` (that baseline's decode of that mode,
+    one row named as the entry) or ``{baseline, modes: [...]}`` (one row ``<entry>_<mode>`` per mode: a
+    multi-task baseline is one line of config).  A baseline's rows are left out when it is not among
+    ``baselines`` (the ones run.sh trained; null: all of them), so that ``run.sh --baselines ""`` gives the
+    system's table alone.  An entry set to null is left out.
     """
     wanted = cfg.get("baselines")
-    rows = {}
-    for row, spec in (cfg.score.get("baselines") or {}).items():
+    rows: dict[str, tuple[str, str]] = {}
+    for entry, spec in (cfg.score.get("baselines") or {}).items():
         if spec is None:
             continue
         if isinstance(spec, str):
-            rows[row] = spec
-        elif wanted is None or spec.baseline in wanted:
-            rows[row] = str(Path(cfg.exp_root) / f"{cfg.system}_{spec.baseline}" / f"decode_{{set}}_{spec.mode}")
+            rows[entry] = (entry, spec)
+            continue
+        has_mode, has_modes = spec.get("mode") is not None, spec.get("modes") is not None
+        if has_mode == has_modes or not spec.get("baseline"):
+            raise ValueError(f"score.baselines.{entry}: give a decode dir, or {{baseline: NAME, mode: MODE}}, or "
+                             f"{{baseline: NAME, modes: [MODE, ...]}}, got {dict(spec)}")
+        if wanted is not None and spec.baseline not in wanted:
+            continue
+        exp = Path(cfg.exp_root) / f"{cfg.system}_{spec.baseline}"
+        if has_mode:
+            rows[entry] = (entry, str(exp / f"decode_{{set}}_{spec.mode}"))
+        else:
+            rows.update({f"{entry}_{mode}": (entry, str(exp / f"decode_{{set}}_{mode}")) for mode in spec.modes})
     return rows
+
+
+def baseline_rows(cfg: DictConfig) -> dict[str, str]:
+    """{row: decode dir template} of :func:`baseline_entries`."""
+    return {row: template for row, (_, template) in baseline_entries(cfg).items()}
+
+
+def left_out_baselines(cfg: DictConfig) -> set[str]:
+    """The entries of ``score.baselines`` that give no row in this run: set to null, or of a baseline run.sh
+    did not train.  A table that names one of them lacks it by choice, not by a mistake."""
+    kept = {experiment for experiment, _ in baseline_entries(cfg).values()}
+    return set(cfg.score.get("baselines") or {}) - kept

@@ -36,7 +36,7 @@ def offline_target(kind: str, label: str = "anger", utt: str = "spk1-utt1") -> s
 def test_rubric_prompts_name_their_source_and_slots():
     slots = {"empathy": {"text", "label", "response"}, "eips": {"text", "label", "thought", "response"},
              "emotion": {"label", "output"}, "grounded": {"text", "label", "quotes"},
-             "binary": {"reference", "output", "question"}}
+             "binary": {"reference", "output", "question"}, "sqa": {"question", "reference", "output"}}
     for name, spec in RUBRICS.items():
         assert (PROMPT_DIR / f"{spec.prompt}.txt").read_text(encoding="utf-8").startswith("# Source:"), name
         assert prompt_fields(spec.prompt) == slots[name], name
