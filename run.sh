@@ -58,7 +58,8 @@ exp_root=exp          # models, decodes, results
 baselines=auto        # ablations trained beside the system (conf/baseline/); auto: those of the system's paper
 fold=""               # the corpus fold whose sets stage 0 writes (corpus.folds); empty: the corpus config's corpus.fold
 folds=""              # "1 2 3 4 5" or all: run each fold in <root>/fold<k>/ and report mean ± std over them
-recipe=""             # sizes and budgets (conf/recipe/<name>.yaml); empty: the corpus' own if it has one.
+recipe=""             # sizes and budgets (conf/recipe/<name>.yaml); empty: the corpus' own for this system
+                      # (<corpus>_<system>.yaml), else for every system (<corpus>.yaml), if it has one.
                       # smoke: tiny models, a few hundred utterances, every stage on a CPU
 e2v_table=false       # stage 5 also pre-trains Emotion2Vec-F and runs the linear probe (C²SER Table V analogue)
 # Hydra overrides passed through to each stage's entry point, e.g. "format.max_dur=15".
@@ -232,8 +233,10 @@ common_args="corpus=${corpus} data_root=${data_root} dump_root=${dump_root} exp_
 train_set=${train_set} dev_set=${dev_set} test_sets=${test_list} nj=${nj} device=${device}"
 [ -n "${fold}" ] && common_args+=" corpus.fold=${fold}"
 common_args+="${imports}"
-if [ -z "${recipe}" ] && { [ -f "conf/recipe/${corpus}.yaml" ] || [ -f "${main_root}/conf/recipe/${corpus}.yaml" ]; }; then
-  recipe=${corpus}
+if [ -z "${recipe}" ]; then  # the corpus' sizes for this system (conf/recipe/<corpus>_<system>.yaml), else for all
+  for r in "${corpus}_${system}" "${corpus}"; do
+    if [ -f "conf/recipe/${r}.yaml" ] || [ -f "${main_root}/conf/recipe/${r}.yaml" ]; then recipe=${r}; break; fi
+  done
 fi
 [ -n "${recipe}" ] && common_args+=" recipe=${recipe}"
 experiment_args="experiment=${system}"

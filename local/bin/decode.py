@@ -25,29 +25,33 @@ import torch
 from omegaconf import DictConfig
 
 from local.bin.stages import STAGES, restrict, stage_run
+from local.data.kaldi import DataDir
 from local.data.labels import EMOTIONS
 from local.eval.decode import check_model_config, decode_test_set, generation_kwargs, merge_parts, \
     resolve_test_set, write_decode_dir
 from local.eval.extract import explain
+from local.eval.task_decode import add_task_fields, task_instruction
 from local.models import alm
 from local.models.cache import cached_shards
 from local.models.readout import Readout
+from local.reasoning.tasks import task_labels, task_spec
 from local.utils.hydra import cli_overrides, entry_point
 from local.utils.paths import decode_dir, decode_model
 
 log = logging.getLogger("decode")
 
 
-def trained_instruction(model: alm.AudioLLM, model_dir: Path, mode: str, target: str) -> str:
-    """The instruction ``model`` was trained with for ``target`` (its training.yaml)."""
+def trained_target(model: alm.AudioLLM, model_dir: Path, mode: str, target: str) -> dict:
+    """How ``model`` was trained to be asked for ``target`` (its training.yaml entry)."""
     known = model.facts.get("targets") or {}
     if target not in known:
         raise ValueError(f"decode mode '{mode}' asks for target type '{target}', which {model_dir} was not trained "
                          f"on (it knows: {', '.join(known) or 'nothing: no training.yaml'}); set decode.modes to "
                          "the modes it can answer")
-    if not known[target].get("text"):
-        raise ValueError(f"{target}: its instruction is a question pool, which decoding does not draw from yet")
-    return known[target]["text"]
+    if not known[target].get("text") and not known[target].get("task"):
+        raise ValueError(f"{target}: {model_dir} was trained on a question pool its training.yaml does not keep "
+                         "(trained before the task registry); retrain it to decode this mode")
+    return dict(known[target])
 
 
 def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
@@ -70,9 +74,11 @@ def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
         if shard_subdir is None and not Path(entry).is_absolute() and (Path(cfg.data_root) / entry).is_dir():
             shard_subdir = cached_shards(model, cfg, entry)[0].name  # a set of this recipe: use the cache
         test_set = resolve_test_set(entry, cfg.data_root, cfg.dump_root, shard_subdir or "shards", opts.source)
+        data = DataDir.load(test_set.data_dir) if test_set.data_dir.is_dir() else None
         for mode in opts.modes:
             target = opts.prompts[mode]
-            text = trained_instruction(model, model_dir, mode, target)
+            known = trained_target(model, model_dir, mode, target)
+            text = task_instruction(known, target, data, cfg.seed)
             gen = generation_kwargs(opts.max_new_tokens[target], opts.sample, opts.temperature, opts.top_p)
             torch.manual_seed(cfg.seed)
             records, timing = decode_test_set(
@@ -83,16 +89,25 @@ def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
             out_dir = decode_dir(cfg, entry, mode)
             if part[1] > 1:
                 out_dir = out_dir / f"split{part[1]}" / str(part[0] + 1)
+            task = known.get("task")
             labels = facts.get("labels") or list(EMOTIONS)
+            if task:  # ER / SR / ASR / SQA: the task's gold, reference and labels (local/eval/task_decode.py)
+                add_task_fields(records, task, data, cfg.seed)
+                labels = list(task_labels(task_spec(task), labels) or [])
             for r in records:  # the rules' reading (stage 10's with score.extract=rules), beside the gold label
+                if not labels:  # a free-text task (ASR, SQA): no label to read
+                    break
                 r["pred"], why = explain(r["hyp"], labels)
                 if why:
                     r["pred_why"] = why
             write_decode_dir(out_dir, records, {
-                **timing, "set": test_set.name, "mode": mode, "target": target, "labels": facts.get("labels"),
+                **timing, "set": test_set.name, "mode": mode, "target": target,
+                "labels": (labels or None) if task else facts.get("labels"), **({"task": task} if task else {}),
                 "data_dir": str(test_set.data_dir),
                 "source": "data" if test_set.shard_dir is None else str(test_set.shard_dir),
-                "model_dir": str(model_dir), "instruction": text, "gen_kwargs": gen,
+                "model_dir": str(model_dir), "instruction": text if isinstance(text, str) else
+                ("per utterance: its own question" if known.get("instruction") == "record"
+                 else "per utterance: a question of the evaluation pool"), "gen_kwargs": gen,
                 "batch_size": opts.batch_size, "device": device, "speaker_stats": opts.speaker_stats,
                 "readout": facts.get("readout") if opts.dist else None,
                 **({"part": [part[0] + 1, part[1]]} if part[1] > 1 else {})})

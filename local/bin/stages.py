@@ -156,10 +156,19 @@ def _score_inputs(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+def _judged_task(cfg: DictConfig) -> bool:
+    """Whether a decoded mode is of a task a judge scores (SQA): the judge's config then decides its numbers."""
+    from local.reasoning.targets import target_spec  # the registries (a plugin's task or type included)
+    from local.reasoning.tasks import task_spec
+    prompts = cfg.decode.get("prompts") or {}
+    return any(task_spec(target_spec(prompts[m]).task).metric.startswith("judge:")
+               for m in cfg.decode.modes if m in prompts)
+
+
 def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
     # corpus.labels: of rows with no model (attributes); corpus.published: the papers' rows beside ours
     keys = ("score", "seed", "baselines", "system", "corpus.labels", "corpus.published")
-    if cfg.score.get("judge_rubrics"):
+    if cfg.score.get("judge_rubrics") or _judged_task(cfg):
         keys += ("judge",)
     if cfg.score.extract == "llm" and cfg.score.get("extract_teacher") is None:
         keys += ("teacher",)
@@ -168,7 +177,8 @@ def _score_reads(cfg: DictConfig) -> tuple[str, ...]:
 
 def _rl_reads(cfg: DictConfig) -> tuple[str, ...]:
     keys = ("rl", *TRAINING)
-    return keys + (("judge",) if cfg.rl.reward.kind == "dual_route" else ())
+    from local.train.rl.rewards import reward_spec  # the registry: a plugin's reward says whether it asks a judge
+    return keys + (("judge",) if reward_spec(cfg.rl.reward.kind).needs_judge else ())
 
 
 def _probe_inputs(cfg: DictConfig) -> dict[str, str]:
@@ -186,8 +196,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", _keys("corpus"), lambda cfg: {"prepare.py": "prepare.py", **_preparer(cfg), **_corpus_files(cfg)},
           _data_dirs, in_place=True, reads_records=False),
     # Which set is train, dev or test changes what stages 1-2 write (test sets are never filtered).
-    Stage("format", _keys("format", "corpus.labels", "corpus.label_map", "train_set", "dev_set", "test_sets"),
+    Stage("format", _keys("format", "corpus.labels", "corpus.label_map", "corpus.sentiment_map", "train_set", "dev_set",
+                          "test_sets"),
           lambda cfg: {**({"label_map": cfg.corpus.label_map} if isinstance(cfg.corpus.label_map, str) else {}),
+                       **({"sentiment_map": cfg.corpus.sentiment_map}
+                          if isinstance(cfg.corpus.get("sentiment_map"), str) else {}),
                        **({"asr": cfg.format.asr.model} if cfg.format.asr.model else {})},
           _data_dirs, in_place=True),
     Stage("attributes", _keys("attributes", "corpus.default_lang", "train_set", "dev_set", "test_sets"),
@@ -222,7 +235,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           lambda cfg: [decode_dir(cfg, e, m) for e in cfg.test_sets for m in cfg.decode.modes],
           uses=("model", "distill.enabled", "distill.exp_dir", "sft.exp_dir")),
     Stage("score", _score_reads, _score_inputs, lambda cfg: [Path(cfg.score.exp_dir)],
-          outputs=lambda cfg, d: [d / "results.json", d / "results.md"], uses=("decode.modes",)),
+          outputs=lambda cfg, d: [d / "results.json", d / "results.md"], uses=("decode.modes", "decode.prompts")),
 )}
 
 

@@ -56,7 +56,7 @@ import logging
 import tarfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -260,7 +260,8 @@ class ShardDataset(IterableDataset):
                  max_seconds: float | None = None, bucket_size: int | None = 256,
                  shuffle: bool = True, shuffle_buffer: int = 512, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, uneven: str = "pad",
-                 split: str = "shards", load_audio: bool = True, features: Sequence[str] = ()):
+                 split: str = "shards", load_audio: bool = True, features: Sequence[str] = (),
+                 utts: Collection[str] | None = None):
         if batch_size is None and max_seconds is None:
             raise ValueError("give batch_size, max_seconds or both")
         if uneven not in ("pad", "drop"):
@@ -291,13 +292,20 @@ class ShardDataset(IterableDataset):
         self.skipped = 0  # batches of this epoch with fewer rows than ranks ("rows")
         self.load_audio, self.features = load_audio, tuple(features)
         self.epoch, self.start = 0, 0
-        # utterances of each shard, in shard order, with their durations
+        # utterances of each shard, in shard order, with their durations; ``utts``: only those
+        # (a stage's budgeted subset: the shards are read as they are, the rest skipped)
+        if utts is not None:
+            unknown = sorted(set(utts) - set(self.manifest["utts"]))
+            if unknown:
+                raise ValueError(f"{shard_dir}: utterance(s) {unknown[:3]} asked for are not in its manifest")
+            utts = set(utts)
         self._shard_utts = []
         offset = 0
         for shard in self.manifest["shards"]:
             n = shard["num_samples"]
-            self._shard_utts.append(list(zip(self.manifest["utts"][offset:offset + n],
-                                             self.manifest["durs"][offset:offset + n])))
+            self._shard_utts.append([(u, d) for u, d in zip(self.manifest["utts"][offset:offset + n],
+                                                            self.manifest["durs"][offset:offset + n])
+                                     if utts is None or u in utts])
             offset += n
         self._plans: dict[tuple[int, int], list[list[Batch]]] = {}
 

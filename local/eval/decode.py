@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -246,9 +246,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwargs: Mapping | None = None,
+Instruction = Union[str, Callable[[str, Mapping], str]]
+
+
+def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: Instruction, gen_kwargs: Mapping | None = None,
            *, transcript_in_prompt: bool = False, readout: Readout | None = None) -> tuple[list[dict], dict]:
     """Generate for every utterance of ``loader``; (records sorted by utt, timing).
+
+    ``instruction`` is one text for every utterance, or ``(utt, meta) -> text`` for one of its own (a
+    question drawn from an evaluation pool, an SQA question), which each record then keeps as "prompt".
 
     ``transcript_in_prompt`` writes each transcript into the prompt, as the
     text-only cascade was trained (local.reasoning.prompts.with_transcript).  An
@@ -261,12 +267,13 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
         again = [u for u in batch["utts"] if u in records]
         if again:
             raise RuntimeError(f"utterance(s) {again[:3]} decoded twice: the loader must yield each once")
-        prompts = [instruction] * len(batch["utts"])
+        own = callable(instruction)
+        prompts = [instruction(u, m) if own else instruction for u, m in zip(batch["utts"], batch["meta"])]
         if transcript_in_prompt:
             missing = [u for u, m in zip(batch["utts"], batch["meta"]) if not m.get("text")]
             if missing:
                 raise ValueError(f"the prompt needs the transcript, and {missing[:3]} have none (text table)")
-            prompts = [with_transcript(instruction, m["text"]) for m in batch["meta"]]
+            prompts = [with_transcript(p, m["text"]) for p, m in zip(prompts, batch["meta"])]
         _sync(model.device)
         start = time.perf_counter()
         hyps = model.generate(batch.get("wav"), batch.get("wav_lens"), prompts, feats=batch.get("feats"),
@@ -279,10 +286,12 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
             dists = readout.distributions(model, batch, prompts, hyps)
             _sync(model.device)
             readout_seconds += time.perf_counter() - start
-        for utt, meta, hyp, dist in zip(batch["utts"], batch["meta"], hyps, dists):
+        for utt, meta, hyp, dist, prompt in zip(batch["utts"], batch["meta"], hyps, dists, prompts):
             records[utt] = {"utt": utt, "hyp": hyp, "label": meta.get("label"),
                             "subset": meta.get("subset"), "lang": meta.get("lang"), "text": meta.get("text"),
                             "n_tokens": len(model.tokenizer(hyp, add_special_tokens=False).input_ids)}
+            if own:
+                records[utt]["prompt"] = prompt
             if dist is not None:
                 records[utt]["dist"] = dist
     out = [records[u] for u in sorted(records)]
@@ -294,7 +303,7 @@ def decode(model: AudioLLM, loader: Iterable[Mapping], instruction: str, gen_kwa
     return out, timing
 
 
-def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: str, gen_kwargs: Mapping, *,
+def decode_test_set(model: AudioLLM, test_set: TestSet, instruction: Instruction, gen_kwargs: Mapping, *,
                     batch_size: int | None, max_seconds: float | None = None,
                     features: Sequence[str] | None = None, num_workers: int = 0,
                     transcript_in_prompt: bool = False, readout: Readout | None = None,

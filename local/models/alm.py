@@ -8,7 +8,8 @@ The audio tokens, with ``fusion="time_concat"`` (both papers' choice), are in
 time order: the Emotion2Vec-S utterance token, the acoustic tokens
 (Emotion2Vec-S frames through ``connectors["acoustic"]``), then the semantic
 tokens (Whisper frames, rate-reduced, through ``connectors["semantic"]``);
-acoustic first as in C²SER's code.  Only an utterance's valid tokens are used,
+acoustic first as in C²SER's code (``audio_order``: AudioLLM-Reasoning puts its
+100 speech tokens before its 10 emotion tokens).  Only an utterance's valid tokens are used,
 so no padding sits inside a sequence.  With ``fusion="feature_concat"`` the
 acoustic frames are brought to the semantic frame rate (frame concatenation)
 and length, concatenated channel-wise with the semantic frames, and one
@@ -95,7 +96,7 @@ class AudioLLM(nn.Module):
                  semantic: nn.Module | None = None, acoustic: nn.Module | None = None,
                  connectors: Mapping[str, nn.Module] | None = None, utterance_proj: nn.Module | None = None,
                  fusion: str = "time_concat", acoustic_stack: int = 1, audio_prefix: str = AUDIO_TOKEN,
-                 feature_norm: FeatureNorm | None = None):
+                 feature_norm: FeatureNorm | None = None, audio_order: Sequence[str] = ("acoustic", "semantic")):
         super().__init__()
         connectors = dict(connectors or {})
         if fusion not in FUSIONS:
@@ -120,7 +121,10 @@ class AudioLLM(nn.Module):
         self.connectors = nn.ModuleDict(connectors)
         self.utterance_proj = utterance_proj
         self.feature_norm = feature_norm
+        if sorted(audio_order) != ["acoustic", "semantic"]:
+            raise ValueError(f"audio_order must order 'acoustic' and 'semantic', got {list(audio_order)}")
         self.fusion, self.acoustic_stack, self.audio_prefix = fusion, acoustic_stack, audio_prefix
+        self.audio_order = tuple(audio_order)
         self.audio_token_id = add_audio_token(tokenizer)
         self._feature_memo = None  # (wav array, {name: output}) of the last cache_feature call
         self.facts: dict = {}      # how it was trained: what decoding and scoring must know (see save_alm)
@@ -227,10 +231,12 @@ class AudioLLM(nn.Module):
             utt = self.utterance_proj(utt.to(self.utterance_proj.weight.dtype))
             streams.append((utt[:, None], torch.ones(len(utt), dtype=torch.long)))
         if self.fusion == "time_concat":
+            tokens = {}
             if "e2v" in feats:
-                streams.append(self.connect("acoustic", *stack_frames(*feats["e2v"], self.acoustic_stack)))
+                tokens["acoustic"] = self.connect("acoustic", *stack_frames(*feats["e2v"], self.acoustic_stack))
             if "whisper" in feats:
-                streams.append(self.connect("semantic", *self.semantic.reduce(*feats["whisper"])))
+                tokens["semantic"] = self.connect("semantic", *self.semantic.reduce(*feats["whisper"]))
+            streams += [tokens[name] for name in self.audio_order if name in tokens]
         else:
             sem, sem_lens = self.semantic.reduce(*feats["whisper"])
             ac, _ = stack_frames(*feats["e2v"], self.acoustic_stack)  # zero past its own length
@@ -433,7 +439,8 @@ def build_alm(cfg: DictConfig, acoustic: nn.Module | None = None,
     feature_norm = FeatureNorm(dims, "global" if norm is True else norm) if norm and dims else None
     model = AudioLLM(lm, tokenizer, semantic=semantic, acoustic=acoustic, connectors=connectors,
                      utterance_proj=utterance_proj, fusion=fusion, acoustic_stack=stack,
-                     audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN), feature_norm=feature_norm)
+                     audio_prefix=cfg.get("audio_prefix", AUDIO_TOKEN), feature_norm=feature_norm,
+                     audio_order=tuple(cfg.get("audio_order") or ("acoustic", "semantic")))
     model.config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what save_alm writes
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("audio LLM: %s, %d trainable of %d parameters", ", ".join(model.feature_names()) or "no audio",

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 import torch.nn as nn
 from omegaconf import ListConfig, OmegaConf
 
+from local.reasoning.tasks import task_groups
 from local.utils.hydra import CONF_DIR
 
 SCHEDULE_DIR = CONF_DIR / "schedule"
@@ -45,18 +46,25 @@ def _under(*prefixes: str) -> Callable[[str], bool]:
 # name -> predicate over AudioLLM parameter names (unwrapped model: no DDP "module." prefix).
 PARAM_GROUPS: dict[str, Callable[[str], bool]] = {
     "speech_encoder": _under("semantic."),                       # Whisper front end
-    "speech_adapter": _under("connectors.semantic."),
-    "emotion_encoder": _under("acoustic."),                      # Emotion2Vec(-S)
-    "emotion_adapter": _under("connectors.acoustic.", "utterance_proj."),
+    # fusion=feature_concat has one adapter over both encoders' frames: it is each side's adapter
+    "speech_adapter": _under("connectors.semantic.", "connectors.fused."),
+    "emotion_encoder": _under("acoustic."),                      # Emotion2Vec(-S), emotion2vec+
+    "emotion_adapter": _under("connectors.acoustic.", "utterance_proj.", "connectors.fused."),
     "fused_adapter": _under("connectors.fused."),                # fusion=feature_concat
     "adapters": _under("connectors.", "utterance_proj."),        # every connector
     "lora": lambda name: name.startswith("lm.") and ".lora_" in name,
-    "lm": _under("lm."),                                         # under LoRA: its adapters (the base is built frozen)
+    # the LLM's trainable part: its LoRA adapters under llm.finetune=lora (the paper; the base is built
+    # frozen), every weight under full (the tiny CPU LM): schedules name this one
+    "lm": _under("lm."),
 }
 
 ALL = "all"
-# Aliases usable in a round's ``tasks``; any other name is a task of its own (the data decides what exists).
-TASK_GROUPS: dict[str, tuple[str, ...]] = {"speech": ("asr", "sqa"), "emotion": ("er", "sr"), ALL: (ALL,)}
+
+
+def task_aliases() -> dict[str, tuple[str, ...]]:
+    """Names usable in a round's ``tasks`` besides the tasks themselves: each task group of the registry
+    (local/reasoning/tasks.py: speech = asr, sqa; emotion = er, sr; a plugin's task joins its group) and ``all``."""
+    return {**task_groups(), ALL: (ALL,)}
 KEYS = ("tasks", "train", "epochs", "name")
 _SCHEDULABLE = "_rounds_schedulable"  # attribute caching the parameters the model was built trainable
 
@@ -91,6 +99,7 @@ def parse_rounds(cfg: Sequence[dict] | ListConfig) -> list[Round]:
     if not isinstance(cfg, (list, tuple)) or not cfg:
         raise ValueError(f"a schedule is a non-empty list of rounds, got {cfg!r}")
     rounds = []
+    aliases = task_aliases()
     for i, item in enumerate(cfg):
         where = f"schedule round {i}"
         if OmegaConf.is_config(item):
@@ -105,7 +114,7 @@ def parse_rounds(cfg: Sequence[dict] | ListConfig) -> list[Round]:
             raise ValueError(f"{where}: missing key '{missing[0]}'")
         tasks: list[str] = []
         for t in _names(item["tasks"], where, "tasks"):
-            tasks += [r for r in TASK_GROUPS.get(t, (t,)) if r not in tasks]
+            tasks += [r for r in aliases.get(t, (t,)) if r not in tasks]
         train = _names(item["train"], where, "train")
         for group in train:
             if group not in PARAM_GROUPS:

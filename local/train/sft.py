@@ -48,13 +48,16 @@ from transformers import AutoTokenizer
 
 from local.data.labels import EMOTIONS, recipe_labels
 from local.data.loader import ShardLoader
+from local.data.shards import load_manifest
 from local.models.alm import IGNORE_INDEX, AudioLLM, build_alm, load_alm, save_alm, trained_state
 from local.models.cache import cached_shards
 from local.models.readout import Readout, gold_distributions
-from local.models.tokenizer import train_tokenizer
-from local.reasoning.prompts import instruction, load_questions, with_transcript
+from local.models.tokenizer import AUDIO_TOKEN, train_tokenizer
+from local.reasoning.prompts import instruction, with_transcript
 from local.reasoning.targets import TARGET_TYPES, target_spec
+from local.reasoning.tasks import TASKS, draw_question, pool_questions, task_labels, task_spec
 from local.train.loop import Trainer
+from local.train.multitask import run_rounds, stage_tasks
 from local.train.trainer_config import TrainerConfig, planned_steps
 from local.train.rl.losses import kl_to_target
 from local.utils.digest import value_digest
@@ -97,11 +100,14 @@ def instruction_for(target_type: str, rng: np.random.Generator, facts: Mapping |
     known = ((facts or {}).get("targets") or {}).get(target_type)
     if known and known.get("text"):
         return known["text"]
-    name = TARGET_TYPES[target_type].instruction
-    if name == "questions":
-        pool = load_questions()["emotion"]
+    if known and (known.get("questions") or {}).get("train"):
+        pool = known["questions"]["train"]
         return pool[int(rng.integers(len(pool)))]
-    return instruction(name, (facts or {}).get("labels") or EMOTIONS)
+    spec, labels = TARGET_TYPES[target_type], (facts or {}).get("labels") or EMOTIONS
+    if spec.instruction == "questions":
+        task = task_spec(spec.task)
+        return draw_question(task, "train", task_labels(task, labels) or (), rng)
+    return instruction(spec.instruction, labels)
 
 
 def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str], labels: Sequence[str]) -> dict:
@@ -126,11 +132,28 @@ def training_facts(model: AudioLLM, stage: DictConfig, types: Sequence[str], lab
     targets = dict(facts.get("targets") or {})
     for t in types:
         if t not in targets:
-            name = TARGET_TYPES[t].instruction
-            targets[t] = {"instruction": name,
-                          "text": None if name == "questions" else instruction(name, facts["labels"])}
+            targets[t] = target_facts(t, facts["labels"])
     facts["targets"] = targets
     return facts
+
+
+def target_facts(target_type: str, labels: Sequence[str]) -> dict:
+    """How the model is asked for ``target_type``, kept in its training.yaml: a fixed instruction's text; for a
+    question-pool type its task's training and evaluation questions (stage 9 asks the evaluation ones, as
+    the model was trained beside them, even if questions.json changes later); for "record" the targets'
+    own questions (SQA)."""
+    spec = TARGET_TYPES[target_type]
+    task = task_spec(spec.task)
+    if spec.instruction == "record":
+        return {"instruction": "record", "text": None, "task": task.name}
+    if spec.instruction == "questions":
+        task_labels_ = task_labels(task, labels) or ()
+        return {"instruction": "questions", "text": None, "task": task.name,
+                "questions": {split: pool_questions(task, split, task_labels_) for split in ("train", "eval")}}
+    # a fixed instruction of the emotion task (C²SER, CogAudio, ambiguity): no task fields, so their decodes and
+    # tables stay as they were; another task's type is scored by its task's metric (stage 10)
+    return {"instruction": spec.instruction, "text": instruction(spec.instruction, labels),
+            **({"task": task.name} if task.name != "er" else {})}
 
 
 def select_rows(batch: Mapping, rows: Sequence[int]) -> dict:
@@ -212,22 +235,39 @@ def target_tokens(labels: torch.Tensor) -> int:
 
 # --- what a stage runs --------------------------------------------------------------
 
-def tokenizer_texts(targets_path: Path, labels: Sequence[str] = EMOTIONS) -> list[str]:
-    """What a tokenizer for the tiny LM is trained on: every target and instruction it will see."""
-    texts = [instruction(t.instruction, labels) for t in TARGET_TYPES.values() if t.instruction != "questions"]
-    texts += [q for pool in load_questions().values() if isinstance(pool, list) for q in pool]
+def tokenizer_texts(targets_path: Path, labels: Sequence[str] = EMOTIONS, extra: Sequence[str] = (),
+                    types: Sequence[str] | None = None) -> list[str]:
+    """What a tokenizer for the tiny LM is trained on: every fixed instruction and question pool, the targets of
+    ``types`` (all when None; a target's own question too) and ``extra`` (the model's audio markers).  Only the
+    stage's types: a target type added for another system must not change this system's tokenizer."""
+    texts = [instruction(t.instruction, labels) for t in TARGET_TYPES.values()
+             if t.instruction not in ("questions", "record")]
+    for task in TASKS.values():
+        for split in ("train", "eval"):
+            if (task.train_pool if split == "train" else task.eval_pool):
+                texts += pool_questions(task, split, task_labels(task, labels) or ())
     with open(targets_path, encoding="utf-8") as f:
-        texts += [json.loads(line)["target"] for line in f]
-    return texts
+        for line in f:
+            record = json.loads(line)
+            if types is None or record["type"] in types:
+                texts += [record["target"]] + ([record["question"]] if record.get("question") else [])
+    return texts + [e for e in extra if e]
 
 
-def make_tokenizer(cfg: DictConfig, stage: DictConfig):
+def audio_markers(prefix: str) -> str:
+    """The words around the audio in the prompt (``<audio_start> … <audio_end>``), which the tokenizer must
+    know; "" for a bare ``<|audio|>`` (a special token of its own), so other systems' tokenizers stay as they were."""
+    return prefix.replace(AUDIO_TOKEN, " ").strip()
+
+
+def make_tokenizer(cfg: DictConfig, stage: DictConfig, types: Sequence[str] | None = None):
     """The LLM's own tokenizer, or (tiny random LM) one trained on the train targets, kept in the exp dir
     under a name that is the digest of what it is trained from, so other targets get another tokenizer."""
     llm = cfg.model.llm
     if llm.get("name_or_path") or llm.get("tokenizer"):
         return None
-    texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl", recipe_labels(cfg.corpus))
+    texts = tokenizer_texts(Path(cfg.data_root) / cfg.train_set / "targets.jsonl", recipe_labels(cfg.corpus),
+                            [audio_markers(cfg.model.get("audio_prefix") or "")], types)
     path = Path(stage.exp_dir).parent / f"tokenizer_{value_digest([texts, stage.tokenizer_vocab])[:12]}"
     with main_process_first():
         if not (path / "tokenizer.json").exists():
@@ -244,15 +284,35 @@ def shard_loader(model, cfg: DictConfig, set_name: str, batch_size: int, shuffle
     decoded only when some encoder runs on the fly; ``kwargs`` go to the ShardLoader."""
     with main_process_first():
         shard_dir, names = cached_shards(model, cfg, set_name)
-    return ShardLoader(shard_dir, batch_size=batch_size, features=names, seed=cfg.seed, shuffle=shuffle,
+    kwargs.setdefault("seed", cfg.seed)
+    return ShardLoader(shard_dir, batch_size=batch_size, features=names, shuffle=shuffle,
                        load_audio=not set(model.feature_names()) <= set(names), **kwargs)
 
 
-def shard_loaders(model, cfg: DictConfig, batch_size: int) -> tuple[ShardLoader, ShardLoader]:
-    """Train (shuffled) and dev loaders of a training stage; under torchrun ``batch_size`` is the global batch,
-    each rank taking its rows of every batch, so N processes train as one would."""
-    return (shard_loader(model, cfg, cfg.train_set, batch_size, shuffle=True, split="rows"),
+def shard_loaders(model, cfg: DictConfig, batch_size: int, utts: Sequence[str] | None = None,
+                  seed: int | None = None) -> tuple[ShardLoader, ShardLoader]:
+    """Train (shuffled; only ``utts`` when given) and dev loaders of a training stage; under torchrun
+    ``batch_size`` is the global batch, each rank taking its rows of every batch, so N processes train as
+    one would.  ``seed``: the shuffling's (cfg.seed by default)."""
+    return (shard_loader(model, cfg, cfg.train_set, batch_size, shuffle=True, split="rows", utts=utts,
+                         **({} if seed is None else {"seed": seed})),
             shard_loader(model, cfg, cfg.dev_set, batch_size, shuffle=False, split="rows"))
+
+
+def train_subset(model, cfg: DictConfig, stage: DictConfig) -> list[str] | None:
+    """``stage.max_train_utts`` utterances of the training set, a seeded draw (a CPU recipe's budget: the
+    same utterances every epoch and every round); None: all of them."""
+    limit = stage.get("max_train_utts")
+    if not limit:
+        return None
+    with main_process_first():
+        shard_dir, _ = cached_shards(model, cfg, cfg.train_set)
+    utts = sorted(load_manifest(shard_dir)["utts"])
+    if limit >= len(utts):
+        return None
+    chosen = np.random.default_rng([cfg.seed, 7]).choice(len(utts), size=int(limit), replace=False)
+    log.info("training on %d of the %d utterances of %s (max_train_utts)", limit, len(utts), cfg.train_set)
+    return [utts[i] for i in sorted(chosen)]
 
 
 def fit_feature_norm(model, cfg: DictConfig, stage: DictConfig) -> None:
@@ -288,13 +348,27 @@ def run(cfg: DictConfig, stage: DictConfig, fingerprint: str | None = None) -> P
     (the stage's, local/bin/stages.py) decides whether a checkpoint of an earlier run may be resumed."""
     exp_dir = Path(stage.exp_dir)
     model_dir = exp_dir / "model"
+    multitask = bool(stage.get("rounds"))
+    types = list(stage_tasks(stage).values()) if multitask else [stage.explicit, stage.implicit]
     if stage.get("init_from"):
         model = load_alm(stage.init_from)
     else:
-        model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage))
-    model.facts = training_facts(model, stage, (stage.explicit, stage.implicit), recipe_labels(cfg.corpus))
+        model = build_alm(cfg.model, tokenizer=make_tokenizer(cfg, stage, types))
+    model.facts = training_facts(model, stage, types, recipe_labels(cfg.corpus))
     facts = model.facts
-    train, valid = shard_loaders(model, cfg, stage.batch_size)
+    utts = train_subset(model, cfg, stage)
+    if multitask:
+        fit_feature_norm(model, cfg, stage)
+        kl_weight = float(stage.get("kl_weight") or 0.0)
+        if kl_weight:
+            raise ValueError("kl_weight > 0 with rounds: the read-out KL is an emotion-only loss; not supported")
+        run_rounds(model, cfg, stage, lambda k: shard_loaders(model, cfg, stage.batch_size, utts, seed=cfg.seed + k),
+                   sft_loss, facts=facts, fingerprint=fingerprint)
+        state = trained_state(model)
+        on_main_process(lambda: save_alm(model, model_dir, state))
+        log.info("saved %s", model_dir)
+        return model_dir
+    train, valid = shard_loaders(model, cfg, stage.batch_size, utts)
     fit_feature_norm(model, cfg, stage)
     trainer_cfg = OmegaConf.merge(cfg.trainer, stage.get("trainer") or {}, {"exp_dir": str(exp_dir)})
     total = planned_steps(TrainerConfig.from_config(trainer_cfg), train)  # the steps the trainer will take

@@ -33,6 +33,7 @@ def entry_point(fn):
         # Started by torchrun: join the process group before the stage does anything, so that what it
         # writes once (a tokenizer, a feature cache: local.utils.distributed) is written by one rank.
         join_process_group(str(cfg.get("device") or "cpu"))
+        load_plugins(cfg)
         return fn(cfg)
 
     @functools.wraps(fn)
@@ -44,6 +45,23 @@ def entry_point(fn):
         return hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(functools.wraps(fn)(joined))()
 
     return wrapper
+
+
+def load_plugins(cfg: DictConfig) -> list[str]:
+    """Import the modules ``cfg.plugins`` names, before a stage reads its config: a system's own module
+    registers its tasks, target types, rewards there (README, "Adding a system"), so a new system is
+    configs plus one module and no edit of ours.  A module is found on ``sys.path``: the recipe dir, where
+    the stages run, is on it (``python -m``), as is the repository."""
+    import importlib
+
+    names = list(cfg.get("plugins") or [])
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"plugins: cannot import '{name}' ({e}); a plugin is a module on the Python path, "
+                              "e.g. a file <name>.py in the recipe dir") from e
+    return names
 
 
 def cli_overrides() -> list[str]:
@@ -63,4 +81,6 @@ def compose(overrides: list[str] | None = None, recipe_conf: Path | str | None =
         overrides.append(f"hydra.searchpath=[file://{Path(recipe_conf).resolve()}]")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    load_plugins(cfg)
+    return cfg

@@ -210,11 +210,18 @@ def test_dr_sapo_with_the_offline_judge_scores_both_routes(recipe):
 
 @pytest.mark.parametrize("system, baselines", [("c2ser", ["text_only", "no_whisper", "no_e2v", "no_cot"]),
                                                ("ambiguity", ["sft_only", "ce_only", "dpo", "grpo"]),
-                                               ("cogaudio", ["before_rl"])])
+                                               ("cogaudio", ["before_rl"]),
+                                               ("reasoning", ["joint", "alt1", "feature_concat", "single_encoder",
+                                                             "single_summarize", "single_label_only"])])
 @pytest.mark.parametrize("recipe", [None, "mini_lime"])
 def test_every_system_and_baseline_config_composes_and_resolves(system, baselines, recipe):
-    """What run.sh asks for: experiment/<system> (and the recipe's sizes) with each of its baselines."""
+    """What run.sh asks for: experiment/<system> (and the recipe's sizes, its <corpus>_<system> file when it
+    has one) with each of its baselines, which are those its score.baselines name."""
     recipe_conf = ROOT / "egs" / "mini_lime" / "conf" if recipe else None
+    if recipe and (recipe_conf / "recipe" / f"{recipe}_{system}.yaml").is_file():
+        recipe = f"{recipe}_{system}"
+    named = compose([f"experiment={system}", "corpus=default"]).score.baselines
+    assert sorted({row.baseline for row in named.values()}) == sorted(baselines)
     for baseline in [None, *baselines]:
         cfg = compose([f"experiment={system}", f"recipe={recipe}" if recipe else "corpus=default"]
                       + ([f"baseline={baseline}"] if baseline else []), recipe_conf=recipe_conf)

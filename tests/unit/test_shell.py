@@ -120,10 +120,10 @@ def test_run_sh_refuses_bad_parallel_options_before_running_anything(tmp_path):
 
 
 def test_run_sh_refuses_unbuilt_systems_up_front(tmp_path):
-    out = subprocess.run(["egs/mini_lime/run.sh", "--system", "reasoning", "--stage", "3", "--stop_stage", "8",
+    out = subprocess.run(["egs/mini_lime/run.sh", "--system", "nosuch", "--stage", "3", "--stop_stage", "8",
                           "--exp_root", str(tmp_path / "exp")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1
-    assert "--system reasoning is not built yet" in out.stdout and "conf/experiment/reasoning.yaml" in out.stdout
+    assert "--system nosuch is not built yet" in out.stdout and "conf/experiment/nosuch.yaml" in out.stdout
     assert not (tmp_path / "exp").exists()  # refused before doing anything
 
 

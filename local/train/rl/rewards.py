@@ -14,13 +14,15 @@ Two reward families, one per paper:
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from local.eval.metrics import js_divergence
 from local.eval.judge import format_reward
-from local.reasoning.targets import AMBIGUITY_STEPS, parse_distribution_line
+from local.reasoning.checks import AMBIGUITY_STEPS, parse_distribution_line
 
 ROUTES = ("A", "B")  # CogAudio Prompt A (explicit EIPS reasoning) and Prompt B (direct response)
 
@@ -62,3 +64,47 @@ def dual_route_reward(route: str, text: str, judged: Mapping[str, float] | None,
         return None
     return (weights["fmt"] * format_reward(text) + sum(weights[k] * judged[k] for k in steps)
             + weights["emp"] * judged["empathy"])
+
+
+# --- the registry: one entry per rl.reward.kind ---------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class RewardKind:
+    """What stage 8 knows of one reward (``rl.reward.kind``): a new reward is one entry (a plugin calls
+    :func:`register_reward`), not a new branch in the stage."""
+    # (stage, module, batch, prompts, texts, gold [N, K], routes) -> a reward per rollout, None to drop it;
+    # ``stage`` is the running local.train.rl.stage.PolicyOptimisation (its read(), judged(), stage config)
+    score: Callable[..., list[float | None]]
+    reads_distribution: bool = False  # scores the class-name read-out: GRPOz / DPO compare with the gold by it
+    dual_route: bool = False          # rollouts alternate Prompt A (rl.target) and Prompt B (rl.route_b)
+    needs_judge: bool = False         # asks cfg.judge (the stage then reads the judge's config keys)
+
+
+def _distribution(po, module, batch, prompts, texts, gold, routes) -> list[float]:
+    pred = po.read(module, batch, prompts, texts).exp().float().cpu().numpy()
+    return distribution_rewards(pred, gold.numpy(), texts, po.stage.reward.w_fmt).tolist()
+
+
+def _dual_route(po, module, batch, prompts, texts, gold, routes) -> list[float | None]:
+    weights = OmegaConf.to_container(po.stage.reward.weights, resolve=True)
+    return [dual_route_reward(r, t, s, weights) for r, t, s in zip(routes, texts, po.judged(batch, texts, routes))]
+
+
+REWARDS: dict[str, RewardKind] = {
+    "distribution": RewardKind(score=_distribution, reads_distribution=True),     # ambiguity Eq. 6
+    "dual_route": RewardKind(score=_dual_route, dual_route=True, needs_judge=True),  # CogAudio Eq. 3-4
+}
+
+
+def register_reward(name: str, kind: RewardKind) -> RewardKind:
+    """Add a reward kind (a system's plugin module calls this); a second, different one of a name is an error."""
+    if REWARDS.get(name, kind) is not kind:
+        raise ValueError(f"reward kind '{name}' is registered already")
+    REWARDS[name] = kind
+    return kind
+
+
+def reward_spec(name: str) -> RewardKind:
+    if name not in REWARDS:
+        raise ValueError(f"rl.reward.kind must be one of {', '.join(REWARDS)}, got {name!r}")
+    return REWARDS[name]

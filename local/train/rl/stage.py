@@ -51,7 +51,7 @@ from local.reasoning.targets import target_spec
 from local.train.loop import Trainer
 from local.train.rl.losses import STD_EPS, dpo_loss, group_advantages, kl_to_target, policy_loss, \
     policy_stats, sequence_logprobs
-from local.train.rl.rewards import ROUTES, distribution_rewards, dual_route_reward
+from local.train.rl.rewards import ROUTES, reward_spec
 from local.utils.distributed import on_main_process
 from local.data.labels import recipe_labels
 from local.train.sft import (fit_feature_norm, instruction_for, select_rows, shard_loaders,
@@ -60,7 +60,6 @@ from local.train.sft import (fit_feature_norm, instruction_for, select_rows, sha
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "grpoz", "sapo", "dr_sapo", "dpo")
-REWARDS = ("distribution", "dual_route")
 
 
 class Reference:
@@ -137,15 +136,14 @@ class PolicyOptimisation:
         self.algorithm, self.reward_kind = stage.algorithm, stage.reward.kind
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"rl.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.reward_kind not in REWARDS:
-            raise ValueError(f"rl.reward.kind must be one of {REWARDS}, got {self.reward_kind!r}")
-        if (self.algorithm == "dr_sapo") != (self.reward_kind == "dual_route"):
-            raise ValueError("dr_sapo is SAPO with the dual_route reward: use the two together")
-        if self.algorithm in ("grpoz", "dpo") and self.reward_kind != "distribution":
+        self.reward = reward_spec(self.reward_kind)
+        if (self.algorithm == "dr_sapo") != self.reward.dual_route:
+            raise ValueError("dr_sapo is SAPO with a dual-route reward (dual_route): use the two together")
+        if self.algorithm in ("grpoz", "dpo") and not self.reward.reads_distribution:
             raise ValueError(f"{self.algorithm} compares rollouts with the gold trajectory by distribution: "
-                             "use rl.reward.kind=distribution")
-        if self.reward_kind == "dual_route" and judge is None:
-            raise ValueError("the dual_route reward needs a judge")
+                             "use a reward that reads it (rl.reward.kind=distribution)")
+        if self.reward.needs_judge and judge is None:
+            raise ValueError(f"the {self.reward_kind} reward needs a judge")
         for t in (stage.target, stage.get("route_b")):
             if t is not None:
                 target_spec(t)
@@ -167,7 +165,7 @@ class PolicyOptimisation:
 
     def routes(self, n: int) -> list[str]:
         """Prompt A or B per utterance (dual route), 1:1 and reproducible across a resume."""
-        if self.reward_kind != "dual_route":
+        if not self.reward.dual_route:
             return ["A"] * n
         rng = np.random.default_rng([self.cfg.seed, self.step, 2])
         return [ROUTES[int(rng.integers(2))] for _ in range(n)]
@@ -196,11 +194,7 @@ class PolicyOptimisation:
 
     def rewards(self, module: AudioLLM, batch: Mapping, prompts, texts, gold: torch.Tensor, routes) -> list[float | None]:
         """The reward of each row of an expanded batch (``gold`` [N, K], ``routes`` [N])."""
-        if self.reward_kind == "distribution":
-            pred = self.read(module, batch, prompts, texts).exp().float().cpu().numpy()
-            return distribution_rewards(pred, gold.numpy(), texts, self.stage.reward.w_fmt).tolist()
-        weights = OmegaConf.to_container(self.stage.reward.weights, resolve=True)
-        return [dual_route_reward(r, t, s, weights) for r, t, s in zip(routes, texts, self.judged(batch, texts, routes))]
+        return self.reward.score(self, module, batch, prompts, texts, gold, routes)
 
     def judged(self, batch: Mapping, texts: Sequence[str], routes: Sequence[str]) -> list[dict[str, float] | None]:
         """The judge's scores in [0, 1]: empathy for every rollout, the EIPS steps for Prompt A's;
@@ -350,19 +344,16 @@ class PolicyOptimisation:
             if self.stage.valid_batches is not None and b >= self.stage.valid_batches:
                 break
             n = len(batch["utts"])
-            routes = ["A" if (b + i) % 2 == 0 else "B" for i in range(n)] if self.reward_kind == "dual_route" \
-                else ["A"] * n
+            routes = ["A" if (b + i) % 2 == 0 else "B" for i in range(n)] if self.reward.dual_route else ["A"] * n
             types = {"A": self.stage.target, "B": self.stage.get("route_b")}
             rng = np.random.default_rng([self.cfg.seed, b, 3])
             prompts = [instruction_for(types[r], rng, self.facts) for r in routes]
             texts = sample(module, batch, prompts, greedy)
             gold = self.gold_dists(batch)
-            if self.reward_kind == "distribution":
+            if self.reward.reads_distribution:  # the validation also reports the JS of the read-out
                 pred = self.read(module, batch, prompts, texts).exp().float().cpu().numpy()
                 js.extend(js_divergence(pred, gold.numpy()).tolist())
-                values = distribution_rewards(pred, gold.numpy(), texts, self.stage.reward.w_fmt).tolist()
-            else:
-                values = self.rewards(module, batch, prompts, texts, gold, routes)
+            values = self.rewards(module, batch, prompts, texts, gold, routes)
             for r, v in zip(routes, values):
                 if v is not None:
                     rewards.append(v)
@@ -370,7 +361,7 @@ class PolicyOptimisation:
         out = {"reward": float(np.mean(rewards)) if rewards else float("nan")}
         if js:
             out["js"] = float(np.mean(js))
-        out.update({f"reward_{r}": float(np.mean(v)) for r, v in per_route.items() if v and self.reward_kind == "dual_route"})
+        out.update({f"reward_{r}": float(np.mean(v)) for r, v in per_route.items() if v and self.reward.dual_route})
         return out
 
 
