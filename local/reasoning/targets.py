@@ -138,11 +138,9 @@ def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en"
         if dist:
             fields["dist"] = format_dist_line(dist)
         for t in types:
-            spec = TARGET_TYPES[t]
-            task = task_spec(spec.task)
-            label = gold_label(task, data, utt)
-            if task.label_table and not label:
-                rejected.append((utt, t, f"no label in {task.label_table}"))
+            spec, task, label, problem = task_label(data, utt, t)
+            if problem:
+                rejected.append((utt, t, problem))
                 continue
             if not text:
                 rejected.append((utt, t, "empty transcript"))
@@ -162,6 +160,14 @@ def build_requests(data: DataDir, types: Sequence[str], default_lang: str = "en"
     return requests, rejected
 
 
+def task_label(data: DataDir, utt: str, target_type: str) -> tuple[TargetType, Task, str | None, str | None]:
+    """(spec, its task, the utterance's gold label of that task, why it cannot have the type or None)."""
+    spec = TARGET_TYPES[target_type]
+    task = task_spec(spec.task)
+    label = gold_label(task, data, utt)
+    return spec, task, label, (f"no label in {task.label_table}" if task.label_table and not label else None)
+
+
 def data_targets(data: DataDir, types: Sequence[str]) -> tuple[list[tuple[Request, dict]], list[tuple[str, str, str]]]:
     """The targets of the ``from_data`` types among ``types``: (request, item) per target, the request
     standing for the utterance as a teacher's would (so :func:`check_target` checks both alike), and
@@ -171,11 +177,9 @@ def data_targets(data: DataDir, types: Sequence[str]) -> tuple[list[tuple[Reques
     for utt in data.utts if types else ():
         text = (data.get("text") or {}).get(utt, "").strip()
         for t in types:
-            spec = TARGET_TYPES[t]
-            task = task_spec(spec.task)
-            label = gold_label(task, data, utt)
-            if task.label_table and not label:
-                rejected.append((utt, t, f"no label in {task.label_table}"))
+            spec, task, label, problem = task_label(data, utt, t)
+            if problem:
+                rejected.append((utt, t, problem))
                 continue
             try:
                 found = spec.from_data(data, utt, task)
