@@ -74,10 +74,12 @@ def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
         if shard_subdir is None and not Path(entry).is_absolute() and (Path(cfg.data_root) / entry).is_dir():
             shard_subdir = cached_shards(model, cfg, entry)[0].name  # a set of this recipe: use the cache
         test_set = resolve_test_set(entry, cfg.data_root, cfg.dump_root, shard_subdir or "shards", opts.source)
-        data = DataDir.load(test_set.data_dir) if test_set.data_dir.is_dir() else None
+        data = None  # the set's data dir, read when a task needs its gold, references or questions
         for mode in opts.modes:
             target = opts.prompts[mode]
             known = trained_target(model, model_dir, mode, target)
+            if known.get("task") and data is None and test_set.data_dir.is_dir():
+                data = DataDir.load(test_set.data_dir)
             text = task_instruction(known, target, data, cfg.seed)
             gen = generation_kwargs(opts.max_new_tokens[target], opts.sample, opts.temperature, opts.top_p)
             torch.manual_seed(cfg.seed)
