@@ -80,7 +80,7 @@ def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
             known = trained_target(model, model_dir, mode, target)
             if known.get("task") and data is None and test_set.data_dir.is_dir():
                 data = DataDir.load(test_set.data_dir)
-            text = task_instruction(known, target, data, cfg.seed)
+            text = task_instruction(known, target, data, cfg.seed, opts.get("questions", "eval"))
             gen = generation_kwargs(opts.max_new_tokens[target], opts.sample, opts.temperature, opts.top_p)
             torch.manual_seed(cfg.seed)
             records, timing = decode_test_set(
@@ -109,7 +109,7 @@ def decode_sets(cfg: DictConfig, part: tuple[int, int] = (0, 1)) -> None:
                 "source": "data" if test_set.shard_dir is None else str(test_set.shard_dir),
                 "model_dir": str(model_dir), "instruction": text if isinstance(text, str) else
                 ("per utterance: its own question" if known.get("instruction") == "record"
-                 else "per utterance: a question of the evaluation pool"), "gen_kwargs": gen,
+                 else f"per utterance: a question of the {opts.get('questions', 'eval')} pool"), "gen_kwargs": gen,
                 "batch_size": opts.batch_size, "device": device, "speaker_stats": opts.speaker_stats,
                 "readout": facts.get("readout") if opts.dist else None,
                 **({"part": [part[0] + 1, part[1]]} if part[1] > 1 else {})})

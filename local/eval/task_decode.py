@@ -33,10 +33,11 @@ def sqa_pair(data: DataDir, task: Task, utt: str, seed: int) -> tuple[str, str] 
     return tuple(pairs[int(_rng(seed, utt).integers(len(pairs)))])
 
 
-def task_instruction(known: Mapping, target: str, data: DataDir | None, seed: int
+def task_instruction(known: Mapping, target: str, data: DataDir | None, seed: int, split: str = "eval"
                      ) -> str | Callable[[str, Mapping], str]:
     """The instruction of ``target`` as the model was trained with it (``known`` = its training.yaml entry):
-    a fixed text, or a per-utterance question."""
+    a fixed text, or a per-utterance question, of the ``split`` pool ("eval"; "train": the questions it was
+    trained with, for a model that cannot read unseen wording, e.g. a tiny LM trained from scratch)."""
     if known.get("text"):
         return known["text"]
     task = task_spec(known["task"])
@@ -52,9 +53,9 @@ def task_instruction(known: Mapping, target: str, data: DataDir | None, seed: in
                                  f"question for task {task.name} (utt2qa)")
             return pair[0]
         return own_question
-    pool: Sequence[str] = (known.get("questions") or {}).get("eval") or ()
+    pool: Sequence[str] = (known.get("questions") or {}).get(split) or ()
     if not pool:
-        raise ValueError(f"target type '{target}': the model's training.yaml has no evaluation questions for it")
+        raise ValueError(f"target type '{target}': the model's training.yaml has no '{split}' questions for it")
     return lambda utt, meta: pool[int(_rng(seed, utt).integers(len(pool)))]
 
 

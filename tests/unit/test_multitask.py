@@ -88,6 +88,8 @@ def test_training_and_evaluation_questions_come_from_disjoint_pools_kept_in_the_
     ask = task_instruction(known, "label_only_sr", None, seed=0)
     assert {ask(f"u{i}", {}) for i in range(40)} <= set(evaluation)
     assert ask("u7", {}) == ask("u7", {})
+    seen = task_instruction(known, "label_only_sr", None, seed=0, split="train")  # decode.questions=train
+    assert {seen(f"u{i}", {}) for i in range(40)} <= set(train)
 
 
 def test_stage9_asks_sqa_its_own_question_and_keeps_the_reference(tmp_path):
